@@ -1,0 +1,1 @@
+"""edge.apps: front ends built on the public edge API (the Textual chat app lands here)."""

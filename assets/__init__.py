@@ -1,0 +1,1 @@
+"""Small files edge ships: the benchmark prompt (read with importlib.resources)."""

@@ -1,0 +1,136 @@
+"""`edge bench`: prompt and decode speed of edge against peers measured in the same run, as one table.
+
+Peers run in a child process that never imports edge, so they get exactly what a user gets out of the
+box (for mlx-lm on Linux: MLX's bundled reference BLAS, and the folder's fp16 scales). All engines get the
+same prompt token ids and greedy decoding with end-of-sequence disabled, so they decode the same count.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+# Run by the child: mlx-lm's own load and stream_generate, nothing of edge.
+MLX_LM_CHILD = r"""
+import json, sys
+args = json.loads(sys.argv[1])
+from mlx_lm import load, stream_generate
+model, tokenizer = load(args["model"])
+tokenizer.eos_token_ids = set()
+last = None
+for last in stream_generate(model, tokenizer, args["prompt"], max_tokens=args["max_tokens"]):
+    pass
+print(json.dumps({"prompt_tps": last.prompt_tps, "decode_tps": last.generation_tps,
+                  "prompt_tokens": last.prompt_tokens, "decode_tokens": last.generation_tokens,
+                  "peak_memory_bytes": int(last.peak_memory * 1e9)}))
+"""
+
+
+def _prompt_text() -> str:
+    from importlib.resources import files
+
+    return (files("edge.assets") / "bench_prompt.txt").read_text()
+
+
+def bench_prompt(model, n_tokens: int) -> list[int]:
+    """The first `n_tokens` ids of the shipped prompt text (repeated if it is shorter)."""
+    ids = model.tokenizer.encode(_prompt_text())
+    while len(ids) < n_tokens:
+        ids += ids
+    return ids[:n_tokens]
+
+
+def run_edge(model, prompt: list[int], max_tokens: int, repeats: int) -> dict:
+    from .events import Done
+    from .generate import stream_events
+    from .sampling import Sampling
+
+    def once(n: int) -> Done:
+        for event in stream_events(model, prompt, model.make_cache(), Sampling(max_tokens=n), eos=set()):
+            if isinstance(event, Done):
+                return event
+        raise AssertionError("no Done")
+
+    once(8)  # warm-up: first-call allocations and BLAS thread start-up
+    runs = [once(max_tokens).stats for _ in range(max(repeats, 1))]
+    return {
+        "prompt_tps": statistics.median(r.prompt_tps for r in runs),
+        "decode_tps": statistics.median(r.decode_tps for r in runs),
+        "prompt_tokens": len(prompt),
+        "decode_tokens": runs[0].generation_tokens,
+        "peak_memory_bytes": max(r.peak_memory_bytes for r in runs),
+    }
+
+
+def run_mlx_lm(model_path: str, prompt: list[int], max_tokens: int) -> dict:
+    args = json.dumps({"model": model_path, "prompt": prompt, "max_tokens": max_tokens})
+    done = subprocess.run([sys.executable, "-c", MLX_LM_CHILD, args], capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def run_bench(model_path: str, args) -> int:
+    import edge
+
+    model = edge.load(model_path)
+    prompt = bench_prompt(model, args.prompt_tokens)
+    results = {"edge": run_edge(model, prompt, args.max_tokens, args.repeats)}
+    peers = [p.strip() for p in args.peers.split(",") if p.strip() and p.strip() != "none"]
+    for peer in peers:
+        if peer != "mlx_lm":
+            raise edge.EdgeError(f"unknown peer '{peer}'; available: mlx_lm, none")
+        results["mlx_lm"] = run_mlx_lm(str(model.path), prompt, args.peer_tokens)
+    e, m = results["edge"], results.get("mlx_lm", {})
+    summary = {
+        "model": str(model.path),
+        "device": str(model.describe()["device"]),
+        "compute": model.plan.compute,
+        "blas": model.describe()["blas"],
+        "prompt_tokens": len(prompt),
+        "edge_decode_tps": e["decode_tps"],
+        "mlx_lm_decode_tps": m.get("decode_tps"),
+        "decode_ratio": _ratio(e["decode_tps"], m.get("decode_tps")),
+        "edge_prompt_tps": e["prompt_tps"],
+        "mlx_lm_prompt_tps": m.get("prompt_tps"),
+        "prompt_ratio": _ratio(e["prompt_tps"], m.get("prompt_tps")),
+        "engines": results,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_table(summary)
+    return 0
+
+
+def _print_table(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    fmt = lambda x, spec=".1f": "-" if x is None else format(x, spec)  # noqa: E731
+    t = Table(title=f"edge bench: {Path(s['model']).name} on {s['device']} (edge computes in {s['compute']})")
+    for col in ("engine", "prompt tok/s", "decode tok/s", "prompt tokens", "decode tokens", "peak MiB"):
+        t.add_column(col, justify="right" if col != "engine" else "left")
+    for name, r in s["engines"].items():
+        if "error" in r:
+            t.add_row(name, "error: " + r["error"][:60], "", "", "", "")
+            continue
+        t.add_row(
+            name,
+            fmt(r["prompt_tps"]),
+            fmt(r["decode_tps"]),
+            str(r["prompt_tokens"]),
+            str(r["decode_tokens"]),
+            fmt(r["peak_memory_bytes"] / 2**20, ".0f"),
+        )
+    if s["decode_ratio"] is not None:
+        t.add_row("edge / mlx_lm", f"{s['prompt_ratio']:.2f}x", f"{s['decode_ratio']:.2f}x", "", "", "")
+    Console().print(t)
+    Console().print(f"BLAS: {s['blas']}")

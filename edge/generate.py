@@ -1,0 +1,145 @@
+"""The decode loop, in two layers.
+
+`token_stream` yields token ids: prefill in fixed chunks (evaluating the cache and freeing scratch between
+chunks), then decode with step n+1 queued (`mx.async_eval`) before token n is handed out, as mlx-lm's
+`generate_step` does. `stream_events` sits on top: detokenizes (UTF-8 safe), holds back stop strings,
+honours cancellation and the context limit, times each phase and yields typed events.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import mlx.core as mx
+
+from .events import Done, Event, Stats, StopReason, Token
+from .sampling import LogitsProcessor, Sampler, Sampling, make_processors, make_sampler
+from .tokenizer import StopMatcher
+
+if TYPE_CHECKING:
+    from .model import Model
+
+PREFILL_STEP = 512
+
+
+def prefill(module, tokens: mx.array, cache: list, step: int = PREFILL_STEP) -> mx.array:
+    """Run all but the last token through the model in chunks; return the last token, not yet fed."""
+    while tokens.size > 1:
+        n = min(step, tokens.size - 1)
+        module(tokens[:n][None], cache=cache)
+        mx.eval([c.state for c in cache])
+        tokens = tokens[n:]
+        mx.clear_cache()
+    return tokens
+
+
+def token_stream(
+    module,
+    prompt: list[int],
+    cache: list,
+    sampler: Sampler,
+    processors: list[LogitsProcessor],
+    max_tokens: int,
+    history: list[int] | None = None,
+) -> Iterator[int]:
+    """Yield up to `max_tokens` sampled ids for `prompt` (the tokens not yet in `cache`).
+
+    `history` is every token before generation (reused ones included) for the penalties. When id n is
+    handed out, it has already been fed to the cache (step n+1 is queued).
+    """
+    seen = mx.array(history if history is not None else prompt) if processors else None
+
+    def step(y: mx.array, generated: bool) -> mx.array:
+        nonlocal seen
+        logits = module(y[None], cache=cache)[:, -1, :]
+        if processors:
+            seen = mx.concatenate([seen, y]) if generated else seen
+            for p in processors:
+                logits = p(seen, logits)
+        return sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+
+    y = step(prefill(module, mx.array(prompt), cache), generated=False)
+    mx.async_eval(y)
+    for n in range(max_tokens):
+        current = y
+        if n + 1 < max_tokens:
+            y = step(current, generated=True)
+            mx.async_eval(y)
+        yield current.item()
+
+
+def stream_events(
+    model: Model,
+    prompt: list[int],
+    cache: list,
+    sampling: Sampling,
+    *,
+    reused: int = 0,
+    cancel: threading.Event | None = None,
+    eos: set[int] | None = None,
+) -> Iterator[Event]:
+    """Generate from `prompt` whose first `reused` tokens are already in `cache`; yield Token... then Done.
+
+    `eos` overrides the tokenizer's end-of-sequence ids (the benchmark passes an empty set).
+    """
+    context_limit = model.context_length
+    if len(prompt) >= context_limit:
+        raise ValueError(f"the prompt has {len(prompt)} tokens; the context holds {context_limit}")
+    room = context_limit - len(prompt)
+    max_tokens = min(sampling.max_tokens, room)
+    if sampling.seed is not None:
+        mx.random.seed(sampling.seed)
+    eos = model.tokenizer.eos_token_ids if eos is None else eos
+    detok = model.tokenizer.detokenizer()
+    stops = StopMatcher(sampling.stop)
+    stats = Stats(
+        prompt_tokens=len(prompt),
+        reused_tokens=reused,
+        prefill_tokens=len(prompt) - reused,
+        context_limit=context_limit,
+    )
+    text, ids = [], []
+    reason: StopReason = "length" if max_tokens == sampling.max_tokens else "context"
+    mx.reset_peak_memory()
+    start = time.perf_counter()
+    first = last = start
+    for token in token_stream(
+        model.module, prompt[reused:], cache, make_sampler(sampling), make_processors(sampling), max_tokens, prompt
+    ):
+        last = time.perf_counter()
+        if not ids:
+            first = last
+        if cancel is not None and cancel.is_set():
+            reason = "cancelled"
+            break
+        if token in eos:
+            reason = "eos"
+            ids.append(token)  # fed to the cache already; Chat needs it to reuse the cache next turn
+            break
+        ids.append(token)
+        detok.add_token(token)
+        piece, hit = stops.feed(detok.last_segment)
+        if piece:
+            text.append(piece)
+            yield Token(piece, (token,))
+        if hit:
+            reason = "stop"
+            break
+    if reason != "stop":
+        detok.finalize()
+        piece, hit = stops.feed(detok.last_segment)
+        piece += "" if hit else stops.flush()
+        if piece:
+            text.append(piece)
+            yield Token(piece, ())
+    stats.ttft_s = first - start
+    stats.prompt_tps = stats.prefill_tokens / max(stats.ttft_s, 1e-9)
+    stats.generation_tokens = len(ids) - (reason == "eos")
+    stats.decode_tps = (len(ids) - 1) / (last - first) if len(ids) > 1 and last > first else 0.0
+    stats.total_s = time.perf_counter() - start
+    stats.peak_memory_bytes = mx.get_peak_memory()
+    stats.context_used = cache[0].offset if cache and hasattr(cache[0], "offset") else len(prompt) + len(ids)
+    yield Done(reason, "".join(text), stats, tuple(ids))

@@ -1,0 +1,178 @@
+"""`edge.load` and `Model`: weights (an mlx-lm module), tokenizer and config of one loaded model.
+
+What edge adds to `mlx_lm.load`: files checked first (a broken shard is named before MLX sees it), a
+memory plan that refuses what will not fit, the CPU compute policy (fp32 through OpenBLAS when it fits),
+and typed streaming with stop strings, cancellation and stats.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+from . import blas
+from .architecture import model_classes, parameter_count, skeleton
+from .checkpoint import SafetensorsFile, read_config, weight_files
+from .errors import EdgeError, ModelFormatError, OutOfMemoryError
+from .events import Done, Event
+from .generate import stream_events
+from .memory import MemoryPlan, make_plan, wired_limit
+from .sampling import Sampling
+from .tokenizer import Message, Tokenizer, as_messages
+
+Prompt = str | list[int] | list[Message]
+
+
+def on_cpu() -> bool:
+    return mx.default_device() == mx.cpu or not mx.metal.is_available()
+
+
+def model_folder(path: str | Path) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise ModelFormatError(f"{folder} does not exist.")
+    if folder.is_file():
+        raise ModelFormatError(
+            f"{folder} is a file; edge loads converted model folders. Run: edge convert {folder} -o MODEL_FOLDER"
+        )
+    return folder
+
+
+def plan(model_or_path: Model | str | Path, context: int | None = None, compute: str = "auto") -> MemoryPlan:
+    """Memory plan of a model folder (from config and file sizes, no weights read) or of a loaded Model.
+
+    Args:
+        model_or_path: a loaded `Model` or an MLX / Hugging Face model folder.
+        context: tokens of KV cache to plan for (default: the model's context length).
+        compute: 'auto' (fp32 on a CPU when it fits), 'float32' or 'native'.
+    """
+    if isinstance(model_or_path, Model):
+        if context is None or context == model_or_path.plan.context:
+            return model_or_path.plan
+        model_or_path, compute = model_or_path.path, model_or_path.plan.compute
+    folder = model_folder(model_or_path)
+    config = read_config(folder)
+    files = weight_files(folder)
+    params = parameter_count(skeleton(config, folder / "config.json"))
+    stored = sum(f.stat().st_size for f in files)
+    return make_plan(str(folder), config, params, stored, context=context, on_cpu=on_cpu(), compute=compute)
+
+
+@dataclass
+class Model:
+    """A loaded model. Build it with `edge.load`."""
+
+    module: object
+    """The mlx-lm `nn.Module`."""
+    tokenizer: Tokenizer
+    config: dict
+    path: Path
+    plan: MemoryPlan
+
+    @property
+    def context_length(self) -> int:
+        return self.plan.context
+
+    def make_cache(self) -> list:
+        from mlx_lm.models.cache import make_prompt_cache
+
+        return make_prompt_cache(self.module)
+
+    def encode(self, prompt: Prompt, *, chat: bool | None = None, system: str | None = None) -> list[int]:
+        """Token ids of a prompt: a string (raw, or through the chat template with chat=True), ids, or messages."""
+        if isinstance(prompt, list) and (not prompt or isinstance(prompt[0], int)):
+            return list(prompt)
+        if isinstance(prompt, list) or chat or (chat is None and system is not None):
+            return self.tokenizer.render(as_messages(prompt, system))
+        return self.tokenizer.encode(prompt)
+
+    def stream(
+        self,
+        prompt: Prompt,
+        sampling: Sampling | None = None,
+        *,
+        chat: bool | None = None,
+        system: str | None = None,
+        cancel: threading.Event | None = None,
+        **settings,
+    ) -> Iterator[Event]:
+        """Stream `Token` events, then one `Done` (reason, full text, stats).
+
+        Args:
+            prompt: text (raw completion unless chat=True), token ids, or chat messages.
+            sampling: a `Sampling`; keyword settings (max_tokens=, temperature=, stop=, ...) override it.
+            chat: apply the chat template to a text prompt.
+            system: a system prompt (implies chat for a text prompt).
+            cancel: set this event from another thread to stop at the next token.
+        """
+        sampling = (sampling or Sampling()).with_(**settings)
+        ids = self.encode(prompt, chat=chat, system=system)
+        if not ids:
+            raise EdgeError("the prompt is empty.")
+        if len(ids) >= self.context_length:
+            raise EdgeError(
+                f"the prompt has {len(ids)} tokens but the context holds {self.context_length}; shorten it or load with a larger context."
+            )
+        with wired_limit(self.plan):
+            yield from stream_events(self, ids, self.make_cache(), sampling, cancel=cancel)
+
+    def generate(self, prompt: Prompt, sampling: Sampling | None = None, **kwargs) -> str:
+        """The whole reply as one string (see `stream` for the arguments)."""
+        for event in self.stream(prompt, sampling, **kwargs):
+            if isinstance(event, Done):
+                return event.text
+        raise AssertionError("stream ended without Done")
+
+    def describe(self) -> dict:
+        q = self.config.get("quantization") or {}
+        return {
+            "path": str(self.path),
+            "model_type": self.config.get("model_type"),
+            "parameters": self.plan.parameters,
+            "quantization": {k: q[k] for k in ("bits", "group_size") if k in q} or None,
+            "compute": self.plan.compute,
+            "device": str(mx.default_device()),
+            "blas": str(blas.status()),
+            "context": self.context_length,
+        }
+
+
+def load(path: str | Path, *, context: int | None = None, compute: str = "auto") -> Model:
+    """Load a converted (MLX) model folder.
+
+    Args:
+        path: a folder made by `edge convert` or `mlx_lm.convert`.
+        context: the most tokens one conversation may hold (default: the model's own limit).
+        compute: 'auto' (fp32 on a CPU when it fits, else as stored), 'float32' or 'native'.
+
+    Returns:
+        A `Model`. Raises `ModelFormatError` naming the bad file, `OutOfMemoryError` when it will not fit.
+    """
+    from mlx_lm.utils import dequantize_model, load_model
+
+    folder = model_folder(path)
+    config = read_config(folder)
+    model_classes(config, folder / "config.json")
+    for f in weight_files(folder):
+        SafetensorsFile(f)  # header and size checks name a truncated shard
+    memory = plan(folder, context=context, compute=compute)
+    if not memory.fits:
+        raise OutOfMemoryError(f"{folder}: {memory.advice()}")
+    try:
+        module, config = load_model(folder, lazy=True, strict=True)
+    except ValueError as e:
+        raise ModelFormatError(
+            f"{folder}: the weights do not match config.json ({str(e)[:300]}). Convert the model again."
+        ) from None
+    if on_cpu():
+        blas.verify()
+        module.set_dtype(mx.float32)  # scales, biases and float weights: MLX's CPU kernels are far slower in fp16
+        if memory.compute == "float32":
+            dequantize_model(module)
+    mx.eval(module.parameters())
+    tokenizer = Tokenizer.load(folder, eos_token_ids=config.get("eos_token_id"))
+    return Model(module, tokenizer, config, folder, memory)

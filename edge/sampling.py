@@ -1,0 +1,91 @@
+"""`Sampling` settings -> a sampler callable and logits processors (mlx-lm's filters, wrapped thinly).
+
+edge adds one settings object that the CLI, `Chat` and the app share, validation with clear errors, and
+seeding. Temperature 0 is argmax (mlx-lm's `make_sampler` short-cuts it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import mlx.core as mx
+
+from .errors import EdgeError
+
+Sampler = Callable[[mx.array], mx.array]
+LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick each next token, and when to stop.
+
+    Args:
+        temperature: 0 is greedy (argmax).
+        top_p, top_k, min_p: nucleus, top-k and min-p filters (0 disables each).
+        repetition_penalty: multiplicative penalty on recent tokens (1 or None disables).
+        presence_penalty, frequency_penalty: additive penalties on recent tokens (0 disables).
+        penalty_window: how many recent tokens the penalties look at.
+        seed: seeds MLX's random generator at the start of the generation, for repeatable samples.
+        max_tokens: the most tokens to generate.
+        stop: strings that end the generation; they are never part of the streamed text.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_window: int = 64
+    seed: int | None = None
+    max_tokens: int = 256
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.temperature >= 0, "temperature must be >= 0"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.top_k >= 0, "top_k must be >= 0"),
+            (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
+            (self.max_tokens >= 1, "max_tokens must be >= 1"),
+            (self.repetition_penalty is None or self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (self.penalty_window >= 1, "penalty_window must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise EdgeError(f"Sampling: {message}.")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
+
+    def with_(self, **changes) -> Sampling:
+        """A copy with some settings changed (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_sampler(s: Sampling) -> Sampler:
+    from mlx_lm.sample_utils import make_sampler as mlx_lm_sampler
+
+    top_p = 0.0 if s.top_p >= 1.0 else s.top_p  # mlx-lm treats 0 as "off"
+    return mlx_lm_sampler(temp=s.temperature, top_p=top_p, min_p=s.min_p, top_k=s.top_k)
+
+
+def make_processors(s: Sampling) -> list[LogitsProcessor]:
+    from mlx_lm.sample_utils import make_logits_processors
+
+    rep = s.repetition_penalty if s.repetition_penalty not in (None, 1.0) else None
+    return make_logits_processors(
+        repetition_penalty=rep,
+        repetition_context_size=s.penalty_window,
+        presence_penalty=s.presence_penalty or None,
+        presence_context_size=s.penalty_window,
+        frequency_penalty=s.frequency_penalty or None,
+        frequency_context_size=s.penalty_window,
+    )

@@ -1,0 +1,54 @@
+"""The `edge` command as a user runs it: convert, generate, info --json, chat --plain over a pipe."""
+
+from __future__ import annotations
+
+import json
+
+from test_bad_input import run_cli
+
+
+def test_convert_generate_info(gguf_model, tmp_path):
+    out = tmp_path / "model"
+    proc = run_cli("convert", str(gguf_model), "-o", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["modes"]["keep"] == 15 and (out / "edge.json").exists()
+
+    proc = run_cli("generate", str(out), "-p", "Hello", "--max-tokens", "5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["reason"] in ("length", "eos") and result["stats"]["generation_tokens"] <= 5
+
+    proc = run_cli(
+        "generate", str(out), "-p", "Hello", "--max-tokens", "5", "--temperature", "0.7", "--seed", "1", "--no-chat"
+    )
+    assert proc.returncode == 0 and "prompt" in proc.stderr  # stats on stderr, text on stdout
+
+    for path in (out, gguf_model):
+        proc = run_cli("info", str(path), "--json", "--context", "128")
+        assert proc.returncode == 0, proc.stderr
+        info = json.loads(proc.stdout)
+        assert info["supported"] and info["plan"]["context"] == 128 and set(info["at_bits"]) == {"4", "8", "16"}
+        assert "BLAS" in run_cli("info", str(path)).stdout
+
+
+def test_plain_chat_over_a_pipe(mlx_models):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge", "chat", str(mlx_models["llama"]), "--max-tokens", "4"],
+        input="Hello\nHow are you?\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("prompt") == 2  # one stats line per reply
+
+
+def test_help_is_fast_and_lists_commands():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for cmd in ("convert", "generate", "chat", "info", "bench"):
+        assert cmd in proc.stdout

@@ -1,0 +1,65 @@
+"""Memory plan: figures computed from config alone, the CPU compute policy, and refusal with advice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlx.utils import tree_flatten
+
+import edge
+from edge.memory import HEADROOM_BYTES, parse_bytes
+
+
+def test_plan_figures_follow_from_config(mlx_models):
+    folder = mlx_models["llama"]
+    config = json.loads((folder / "config.json").read_text())
+    p = edge.plan(folder, context=100)
+    per_token = (
+        2 * config["num_hidden_layers"] * config["num_key_value_heads"] * config["head_dim"] * 4
+    )  # fp32 KV on a CPU
+    assert p.kv_bytes_per_token == per_token and p.kv_bytes == 100 * per_token
+    model = edge.load(folder)
+    params = sum(v.size for _, v in tree_flatten(model.module.parameters()))
+    assert p.parameters == params and p.compute == "float32" and p.weights_bytes == 4 * params
+    assert p.needed_bytes == p.weights_bytes + p.kv_bytes + HEADROOM_BYTES
+    assert p.fits and p.max_context == config["max_position_embeddings"]
+
+
+def test_cpu_keeps_quantized_weights_when_fp32_does_not_fit(gguf_model, tmp_path, monkeypatch):
+    from edge.converters import convert
+
+    folder = tmp_path / "q"
+    convert(gguf_model, folder, progress=False)
+    auto = edge.plan(folder)
+    assert auto.compute == "float32"
+    stored = auto.stored_bytes
+    monkeypatch.setenv("EDGE_MEMORY_LIMIT", str(HEADROOM_BYTES + stored + auto.kv_bytes + 4096))
+    tight = edge.plan(folder)
+    assert tight.compute == "native" and tight.fits and tight.weights_bytes == stored
+    model = edge.load(folder)
+    assert model.plan.compute == "native"
+    assert "QuantizedLinear" in str(model.module)
+    model.generate("Hello", max_tokens=4)
+
+
+def test_max_context_shrinks_with_memory(mlx_models, monkeypatch):
+    full = edge.plan(mlx_models["llama"])
+    monkeypatch.setenv("EDGE_MEMORY_LIMIT", str(full.weights_bytes + HEADROOM_BYTES + 50 * full.kv_bytes_per_token))
+    p = edge.plan(mlx_models["llama"], compute="float32")
+    assert p.max_context == 50 and not p.fits  # the model's full context (256) does not fit
+    assert "shorter context (fits: 50 tokens)" in p.advice()
+    edge.load(mlx_models["llama"], context=50).generate("Hi", max_tokens=2)
+    with pytest.raises(edge.OutOfMemoryError):
+        edge.load(mlx_models["llama"], context=51)
+
+
+def test_parse_bytes():
+    assert (
+        parse_bytes("512MB") == 512 * 2**20
+        and parse_bytes("4GB") == 4 * 2**30
+        and parse_bytes("1.5G") == int(1.5 * 2**30)
+    )
+    assert parse_bytes("1000") == 1000
+    with pytest.raises(edge.EdgeError):
+        parse_bytes("lots")

@@ -1,0 +1,46 @@
+"""SmolLM2-135M-Instruct, the default model, converted from its GGUF: it answers in English and stops at its
+end-of-turn token; the default-model path finds, converts and reuses it."""
+
+from __future__ import annotations
+
+import pytest
+
+import edge
+
+pytestmark = pytest.mark.real_model
+
+
+def test_chat_answer_is_english_and_ends_at_end_of_turn(smollm2):
+    model = edge.load(smollm2)
+    assert model.plan.compute == "float32"
+    events = list(model.stream([{"role": "user", "content": "What is the capital of France?"}], max_tokens=64))
+    done = events[-1]
+    assert (
+        done.reason == "eos" and done.token_ids[-1] == model.tokenizer.encode("<|im_end|>", add_special_tokens=False)[0]
+    )
+    assert "Paris" in done.text
+    words = done.text.split()
+    assert len(words) >= 3 and sum(w.strip(".,!?").isalpha() for w in words) / len(words) > 0.7
+
+
+def test_chat_reuses_cache_on_real_model(smollm2):
+    chat = edge.Chat(edge.load(smollm2), system="You are concise.")
+    first = list(chat.send("Name a fruit."))[-1]
+    second = list(chat.send("Name a vegetable."))[-1]
+    assert second.stats.reused_tokens >= first.stats.prompt_tokens + len(first.token_ids) - 2
+    assert first.reason == second.reason == "eos"
+
+
+def test_default_model_is_found_converted_once_and_reused(smollm2, monkeypatch):
+    from conftest import _real_gguf
+    from edge.converters.default_model import default_model_path, ensure_default_model
+
+    gguf = _real_gguf()
+    if gguf is None:
+        pytest.skip("no local copy of the GGUF (set EDGE_MODELS); the fetch path is exercised by the smollm2 fixture")
+    monkeypatch.setenv("EDGE_MODELS", str(gguf.parent))
+    folder = ensure_default_model(progress=False, log=lambda m: None)
+    assert folder == default_model_path() and (folder / "edge.json").exists()
+    stamp = (folder / "edge.json").stat().st_mtime_ns
+    assert ensure_default_model(progress=False, log=lambda m: None) == folder
+    assert (folder / "edge.json").stat().st_mtime_ns == stamp
