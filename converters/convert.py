@@ -42,7 +42,11 @@ def _default_dtype(source: Source) -> mx.Dtype:
     return rcp.DTYPES.get(name if name in ("float16", "bfloat16") else "float16", mx.float16)
 
 
-def make_recipe(source: Source, bits: int | None, group_size: int | None, dtype: str | None) -> rcp.Recipe:
+def make_recipe(
+    source: Source, bits: int | None, group_size: int | None, dtype: str | None, dequantize: bool = False
+) -> rcp.Recipe:
+    if dequantize and bits is not None:
+        raise EdgeError("--dequantize writes float weights; it cannot be combined with --bits.")
     if bits is not None and bits not in rcp.BITS:
         raise EdgeError(f"--bits {bits} is not supported; choose one of {', '.join(map(str, rcp.BITS))}.")
     gs = group_size or (32 if source.kind == "gguf" else 64)
@@ -50,7 +54,7 @@ def make_recipe(source: Source, bits: int | None, group_size: int | None, dtype:
         raise EdgeError(f"--group-size {gs} is not supported; choose one of {', '.join(map(str, rcp.GROUP_SIZES))}.")
     if dtype is not None and dtype not in rcp.DTYPES:
         raise EdgeError(f"--dtype {dtype} is not supported; choose one of {', '.join(rcp.DTYPES)}.")
-    return rcp.Recipe(bits, gs, rcp.DTYPES[dtype] if dtype else _default_dtype(source))
+    return rcp.Recipe(bits, gs, rcp.DTYPES[dtype] if dtype else _default_dtype(source), dequantize)
 
 
 def plan(source: Source, recipe: rcp.Recipe) -> ConvertPlan:
@@ -118,6 +122,8 @@ def _arrays(p: ConvertPlan, report: ConversionReport, advance) -> Iterator[tuple
         applied = rcp.apply(t, value)
         report.add(t, applied)
         yield from applied.arrays
+        del value, applied
+        mx.clear_cache()  # give freed buffers back, so the peak stays near one tensor
         advance(t.source.nbytes)
 
 
@@ -129,6 +135,7 @@ def convert(
     bits: int | None = None,
     group_size: int | None = None,
     dtype: str | None = None,
+    dequantize: bool = False,
     force: bool = False,
     progress: bool = True,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
@@ -143,6 +150,7 @@ def convert(
             (GGUF Q4_0/Q4_1/Q8_0) bit for bit and writes float sources in `dtype`.
         group_size: 32, 64 or 128 (default 32 for GGUF, 64 otherwise).
         dtype: float16, bfloat16 or float32 for unquantized tensors, scales and biases.
+        dequantize: write every weight in float, quantized sources included.
         max_shard_bytes: largest safetensors shard.
 
     Returns:
@@ -153,7 +161,7 @@ def convert(
     started = time.perf_counter()
     out = Path(out).expanduser().absolute()
     source = open_source(src)
-    recipe = make_recipe(source, bits, group_size, dtype)
+    recipe = make_recipe(source, bits, group_size, dtype, dequantize)
     if out.exists() and not force:
         raise OutputExistsError(f"{out} exists; choose another output or pass --force to replace it.")
     p = plan(source, recipe)

@@ -5,7 +5,7 @@ Q4_0, Q4_1 and Q8_0 are group-32 affine formats, so each block becomes one MLX g
   Q4_0: w = d*(q - 8)        -> scale d, bias -8d      (q in 0..15)
   Q8_0: w = d*q, q in int8   -> scale d, bias -128d    (stored as q + 128 in 0..255)
 All d, m are fp16 and -8d, -128d are exact in fp16, so scales and biases stay fp16 without rounding.
-The file is memory-mapped by `gguf.GGUFReader`; one tensor is materialised at a time.
+The file is memory-mapped (`gguf_file.GGUFFile`); one tensor is materialised at a time.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 
 from edge.errors import ModelFormatError, UnsupportedModelError
 
+from .gguf_file import GGUFFile, GGUFTensor
 from .gguf_tokenizer import tokenizer_files_from_gguf
 from .source import Quantized, SourceTensor, TokenizerFiles
 
@@ -62,8 +63,8 @@ def blocks_to_mlx(raw: np.ndarray, type_name: str, rows: int, cols: int) -> Quan
     b = np.asarray(raw, dtype=np.uint8).reshape(rows, nb, size)
     d = b[..., 0:2].copy().view(np.float16)[..., 0]
     if type_name == "Q8_0":
-        q = (b[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)  # (rows, nb, 32)
-        packed = q.reshape(rows, cols).view(np.uint32)
+        q = b[..., 2:] ^ np.uint8(0x80)  # int8 q + 128 as uint8, without a wider copy: (rows, nb, 32)
+        packed = np.ascontiguousarray(q).reshape(rows, cols).view(np.uint32)
         bias = (d * np.float16(-128)).astype(np.float16)
     else:
         qs = b[..., 4:] if type_name == "Q4_1" else b[..., 2:]
@@ -83,41 +84,33 @@ class GGUFSource:
     kind = "gguf"
 
     def __init__(self, path: Path):
-        from gguf import GGUFReader
-
         self.path = path
         self.inputs = [path]
-        try:
-            self.reader = GGUFReader(str(path), "r")
-        except Exception as e:  # gguf raises ValueError/struct.error/IndexError on damaged files
-            raise ModelFormatError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e}).") from None
-        self.meta = {k: _field(f) for k, f in self.reader.fields.items() if not k.startswith("tokenizer.ggml.")}
+        self.file = GGUFFile(path)
+        self.meta = self.file.metadata
         arch = self.meta.get("general.architecture", "?")
         if arch not in ARCHITECTURES:
             raise UnsupportedModelError(
                 f"{path}: GGUF architecture '{arch}' is not supported (edge reads {', '.join(ARCHITECTURES)}); "
                 "convert from the Hugging Face folder instead."
             )
-        self._tensors = {}
-        names = {t.name for t in self.reader.tensors}
-        self.config = self._config(arch, names)
+        self._tensors: dict[str, GGUFTensor] = {}
+        self.config = self._config(arch, {t.name for t in self.file.tensors})
         self.tensors: list[SourceTensor] = []
-        for t in self.reader.tensors:
+        for t in self.file.tensors:
             name = hf_name(t.name)
-            type_name = t.tensor_type.name
             if name is None:
                 if t.name == "rope_freqs.weight":
                     raise UnsupportedModelError(f"{path}: RoPE scaling factors (rope_freqs) are not supported yet.")
                 raise UnsupportedModelError(f"{path}: tensor {t.name} has no Hugging Face equivalent edge knows.")
-            if type_name not in BLOCK_TYPES and type_name not in PLAIN_TYPES:
+            if t.type_name not in BLOCK_TYPES and t.type_name not in PLAIN_TYPES:
                 raise UnsupportedModelError(
-                    f"{path}: tensor {t.name} has GGUF type {type_name}; edge reads "
+                    f"{path}: tensor {t.name} has GGUF type {t.type_name}; edge reads "
                     f"{', '.join([*BLOCK_TYPES, *PLAIN_TYPES])}. Use a GGUF with those types, or the safetensors release."
                 )
-            shape = tuple(int(x) for x in reversed(t.shape))
-            quant = (BLOCK_TYPES[type_name][1], 32) if type_name in BLOCK_TYPES else None
+            quant = (BLOCK_TYPES[t.type_name][1], 32) if t.type_name in BLOCK_TYPES else None
             self._tensors[name] = t
-            self.tensors.append(SourceTensor(name, shape, type_name, int(t.n_bytes), quant))
+            self.tensors.append(SourceTensor(name, t.shape, t.type_name, t.nbytes, quant))
         self.tensors.sort(key=lambda s: s.name)
 
     def _config(self, arch: str, tensor_names: set[str]) -> dict:
@@ -128,7 +121,6 @@ class GGUFSource:
             raise ModelFormatError(f"{self.path}: GGUF metadata lacks {arch}.{missing[0]}.")
         heads = int(g("attention.head_count"))
         hidden = int(g("embedding_length"))
-        n_vocab = self.reader.fields.get("tokenizer.ggml.tokens")
         model_type, cls = ARCHITECTURES[arch]
         config = {
             "architectures": [cls],
@@ -142,7 +134,7 @@ class GGUFSource:
             "rms_norm_eps": float(g("attention.layer_norm_rms_epsilon", 1e-5)),
             "rope_theta": float(g("rope.freq_base", 10000.0)),
             "max_position_embeddings": int(g("context_length", 2048)),
-            "vocab_size": int(g("vocab_size", len(n_vocab.data) if n_vocab else 0)),
+            "vocab_size": int(g("vocab_size", len(self.meta.get("tokenizer.ggml.tokens", [])))),
             "tie_word_embeddings": "output.weight" not in tensor_names,
             "hidden_act": "silu",
             "torch_dtype": "float16",
@@ -150,27 +142,25 @@ class GGUFSource:
         if model_type == "qwen2":
             config["use_sliding_window"] = False
         for key in ("bos_token_id", "eos_token_id"):
-            f = self.reader.fields.get(f"tokenizer.ggml.{key}")
-            if f is not None:
-                config[key] = int(f.contents())
+            if f"tokenizer.ggml.{key}" in self.meta:
+                config[key] = int(self.meta[f"tokenizer.ggml.{key}"])
         return config
 
     def read(self, name: str) -> mx.array | Quantized:
         t = self._tensors[name]
-        type_name = t.tensor_type.name
-        rows, cols = (int(t.shape[1]), int(t.shape[0])) if len(t.shape) > 1 else (1, int(t.shape[0]))
-        if type_name in BLOCK_TYPES:
-            out: mx.array | Quantized = blocks_to_mlx(t.data, type_name, rows, cols)
+        raw = self.file.data(t)
+        rows, cols = (t.shape[0], t.shape[1]) if len(t.shape) > 1 else (1, t.shape[0])
+        if t.type_name in BLOCK_TYPES:
+            out: mx.array | Quantized = blocks_to_mlx(raw, t.type_name, rows, cols)
         else:
-            out = mx.array(np.array(t.data).reshape(tuple(int(x) for x in reversed(t.shape))))
-        order = self._row_order(name, int(t.shape[-1]))
+            out = mx.array(raw.view(np.float32 if t.type_name == "F32" else np.float16).reshape(t.shape))
+        order = self._row_order(name, t.shape[0])
         if order is not None:
             idx = mx.array(order)
-            out = (
-                Quantized(out.weight[idx], out.scales[idx], out.biases[idx], out.bits, out.group_size)
-                if isinstance(out, Quantized)
-                else out[idx]
-            )
+            if isinstance(out, Quantized):
+                out = Quantized(out.weight[idx], out.scales[idx], out.biases[idx], out.bits, out.group_size)
+            else:
+                out = out[idx]
         return out
 
     def _row_order(self, name: str, rows: int) -> np.ndarray | None:
@@ -183,11 +173,4 @@ class GGUFSource:
         return None
 
     def tokenizer_files(self) -> TokenizerFiles:
-        return tokenizer_files_from_gguf(self.reader, self.path, self.config)
-
-
-def _field(f):
-    try:
-        return f.contents()
-    except Exception:  # an array type gguf cannot decode: not needed for config
-        return None
+        return tokenizer_files_from_gguf(self.meta, self.path, self.config)

@@ -41,27 +41,22 @@ PRE_TOKENIZERS = {
 CONTROL, USER_DEFINED = 3, 4
 
 
-def _get(reader, key, default=None):
-    f = reader.fields.get(key)
-    return default if f is None else f.contents()
-
-
-def tokenizer_files_from_gguf(reader, path: Path, config: dict) -> TokenizerFiles:
-    kind = _get(reader, "tokenizer.ggml.model")
+def tokenizer_files_from_gguf(meta: dict, path: Path, config: dict) -> TokenizerFiles:
+    kind = meta.get("tokenizer.ggml.model")
     if kind != "gpt2":
         raise UnsupportedModelError(
             f"{path}: GGUF tokenizer model '{kind}' is not supported (edge rebuilds 'gpt2' BPE tokenizers); "
             "convert from the Hugging Face folder, which carries tokenizer.json."
         )
-    pre = _get(reader, "tokenizer.ggml.pre", "default")
+    pre = meta.get("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZERS:
         raise UnsupportedModelError(
             f"{path}: GGUF pre-tokenizer '{pre}' is unknown to edge (known: {', '.join(PRE_TOKENIZERS)}); "
             "convert from the Hugging Face folder instead."
         )
-    tokens: list[str] = _get(reader, "tokenizer.ggml.tokens")
-    types: list[int] = _get(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
-    merges = [tuple(m.split(" ", 1)) for m in _get(reader, "tokenizer.ggml.merges", [])]
+    tokens: list[str] = meta.get("tokenizer.ggml.tokens")
+    types: list[int] = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     tok = Tokenizer(
         models.BPE(
             vocab={t: i for i, t in enumerate(tokens)}, merges=merges, ignore_merges=pre in ("llama-bpe", "llama3")
@@ -76,9 +71,9 @@ def tokenizer_files_from_gguf(reader, path: Path, config: dict) -> TokenizerFile
         [AddedToken(tokens[i], special=False, normalized=False) for i, t in enumerate(types) if t == USER_DEFINED]
     )
 
-    ids = {k: _get(reader, f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "unknown", "padding")}
+    ids = {k: meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "unknown", "padding")}
     name = lambda i: tokens[i] if i is not None and 0 <= i < len(tokens) else None  # noqa: E731
-    add_bos = bool(_get(reader, "tokenizer.ggml.add_bos_token", False))
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
     if add_bos and ids["bos"] is not None:
         bos = name(ids["bos"])
         tok.post_processor = processors.TemplateProcessing(
@@ -94,10 +89,10 @@ def tokenizer_files_from_gguf(reader, path: Path, config: dict) -> TokenizerFile
         "clean_up_tokenization_spaces": False,
         "model_max_length": config.get("max_position_embeddings", 2048),
     }
-    template = _get(reader, "tokenizer.chat_template")
+    template = meta.get("tokenizer.chat_template")
     if template:
         tok_config["chat_template"] = template
-    eos_ids = [i for i in (ids["eos"], _get(reader, "tokenizer.ggml.eot_token_id")) if i is not None]
+    eos_ids = [i for i in (ids["eos"], meta.get("tokenizer.ggml.eot_token_id")) if i is not None]
     generation = {
         "bos_token_id": ids["bos"],
         "eos_token_id": sorted(set(eos_ids)) if len(set(eos_ids)) > 1 else ids["eos"],

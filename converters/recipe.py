@@ -18,6 +18,8 @@ from .source import Quantized, SourceTensor
 DTYPES = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32}
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
+CHUNK_ELEMENTS = 2**20
+"""Rows quantized at once hold at most this many weights (4 MB in fp32)."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class Recipe:
     """Target bits for quantizable layers; None keeps quantized sources as they are and others in float."""
     group_size: int
     dtype: mx.Dtype
+    dequantize: bool = False
+    """Write every weight in float (`dtype`), quantized sources included."""
 
     def describe(self) -> dict:
         return {
@@ -33,6 +37,7 @@ class Recipe:
             "group_size": self.group_size,
             "dtype": str(self.dtype).removeprefix("mlx.core."),
             "mode": "affine",
+            "dequantize": self.dequantize,
         }
 
 
@@ -49,7 +54,8 @@ class TensorPlan:
 
 def plan_tensor(src: SourceTensor, name: str, quantizable: bool, recipe: Recipe) -> TensorPlan:
     shape = src.shape
-    if src.quantized and (recipe.bits is None or (recipe.bits, recipe.group_size) == src.quantized) and quantizable:
+    keep = recipe.bits is None or (recipe.bits, recipe.group_size) == src.quantized
+    if src.quantized and keep and quantizable and not recipe.dequantize:
         return _quantized_plan(src, name, "keep", *src.quantized, recipe.dtype)
     if recipe.bits is not None and quantizable and len(shape) == 2 and shape[-1] % recipe.group_size == 0:
         return _quantized_plan(src, name, "quantize", recipe.bits, recipe.group_size, recipe.dtype)
@@ -98,12 +104,21 @@ def apply(plan: TensorPlan, value: mx.array | Quantized) -> Applied:
     w = value.dequantize() if isinstance(value, Quantized) else value
     if plan.mode == "float":
         return Applied([(plan.name, w.astype(dtype) if mx.issubdtype(w.dtype, mx.floating) else w)])
-    w32 = w.astype(mx.float32)
-    q, scales, biases = mx.quantize(w32, group_size=plan.group_size, bits=plan.bits)
-    scales, biases = scales.astype(dtype), biases.astype(dtype)
-    err = mx.dequantize(q, scales, biases, group_size=plan.group_size, bits=plan.bits) - w32
-    sq_error, sq_norm = mx.sum(err * err), mx.sum(w32 * w32)
-    mx.eval(q, scales, biases, sq_error, sq_norm)
-    return Applied(
-        [(f"{base}.biases", biases), (f"{base}.scales", scales), (f"{base}.weight", q)], sq_error.item(), sq_norm.item()
-    )
+    parts, sq_error, sq_norm = [], 0.0, 0.0
+    rows = max(1, CHUNK_ELEMENTS // w.shape[-1])
+    for start in range(0, w.shape[0], rows):  # quantization is per row: chunks bound the fp32 temporaries
+        w32 = w[start : start + rows].astype(mx.float32)
+        q, scales, biases = mx.quantize(w32, group_size=plan.group_size, bits=plan.bits)
+        scales, biases = scales.astype(dtype), biases.astype(dtype)
+        err = (
+            mx.dequantize(
+                q, scales.astype(mx.float32), biases.astype(mx.float32), group_size=plan.group_size, bits=plan.bits
+            )
+            - w32
+        )
+        e, n = mx.sum(err * err), mx.sum(w32 * w32)
+        mx.eval(q, scales, biases, e, n)
+        parts.append((q, scales, biases))
+        sq_error, sq_norm = sq_error + e.item(), sq_norm + n.item()
+    q, scales, biases = (mx.concatenate(list(p)) if len(parts) > 1 else p[0] for p in zip(*parts, strict=True))
+    return Applied([(f"{base}.biases", biases), (f"{base}.scales", scales), (f"{base}.weight", q)], sq_error, sq_norm)

@@ -89,7 +89,9 @@ def write_shards(folder: Path, shards: list[list[OutTensor]], arrays: Iterable[t
     return weight_map
 
 
-def _to_bytes(arr: mx.array) -> bytes:
+def _to_bytes(arr: mx.array) -> memoryview:
+    """The array's own buffer (no copy): MLX arrays expose the buffer protocol; bf16 goes out as uint16."""
     if arr.dtype == mx.bfloat16:
         arr = arr.view(mx.uint16)
-    return memoryview(np.ascontiguousarray(np.array(arr, copy=False))).tobytes()
+    mx.eval(arr)
+    return memoryview(arr).cast("B")

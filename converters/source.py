@@ -33,7 +33,9 @@ class Quantized:
     group_size: int
 
     def dequantize(self) -> mx.array:
-        return mx.dequantize(self.weight, self.scales, self.biases, group_size=self.group_size, bits=self.bits)
+        """fp32 values, exact: scales and biases are cast up first so fp16 arithmetic adds no rounding."""
+        s, b = self.scales.astype(mx.float32), self.biases.astype(mx.float32)
+        return mx.dequantize(self.weight, s, b, group_size=self.group_size, bits=self.bits)
 
 
 @dataclass

@@ -107,6 +107,7 @@ class SafetensorsFile:
                 raise ModelFormatError(f"{self.path} has an unreadable header ({e}); download it again.") from None
         self.metadata: dict = header.pop("__metadata__", None) or {}
         self.data_start = 8 + n
+        self._lazy: dict[str, mx.array] = {}
         self.entries: dict[str, TensorEntry] = {}
         for name, spec in header.items():
             begin, end = spec["data_offsets"]
@@ -128,10 +129,10 @@ class SafetensorsFile:
             self.entries[name] = entry
 
     def read(self, name: str) -> mx.array:
-        e = self.entries[name]
-        np_dtype, mx_dtype, _ = DTYPES[e.dtype]
-        with open(self.path, "rb") as f:
-            f.seek(self.data_start + e.begin)
-            buf = np.frombuffer(f.read(e.nbytes), dtype=np_dtype).reshape(e.shape)
-        arr = mx.array(buf)
-        return arr.view(mx_dtype) if e.dtype == "BF16" else arr
+        # mx.load is lazy: evaluating one array reads just that tensor from the file into MLX memory (no
+        # numpy copy). Pop it, so the dict does not keep an evaluated tensor alive.
+        if name not in self._lazy:
+            self._lazy = mx.load(str(self.path))
+        arr = self._lazy.pop(name)
+        mx.eval(arr)
+        return arr

@@ -60,6 +60,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
         bits=a.bits,
         group_size=a.group_size,
         dtype=a.dtype,
+        dequantize=a.dequantize,
         force=a.force,
         progress=not a.json and sys.stderr.isatty(),
     )
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--group-size", type=int, default=None, help="32, 64 or 128 (default 32 for GGUF, else 64)")
     p.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"])
+    p.add_argument(
+        "--dequantize", action="store_true", help="write float weights (in --dtype), quantized sources included"
+    )
     p.add_argument("--force", action="store_true", help="replace the output if it exists")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_convert)

@@ -61,7 +61,7 @@ def mlx_weights_fp32(folder) -> dict[str, np.ndarray]:
     raw = {}
     for f in folder.glob("*.safetensors"):
         raw.update(mx.load(str(f)))
-    q = json.loads((folder / "config.json").read_text())["quantization"]
+    q = json.loads((folder / "config.json").read_text()).get("quantization", {})
     out = {}
     for name, v in raw.items():
         if name.endswith((".scales", ".biases")):
@@ -195,3 +195,13 @@ def test_other_bits_requantize_from_dequantized_blocks(gguf_model, tmp_path):
     report = convert(gguf_model, tmp_path / "m8", bits=8, group_size=64, progress=False)
     assert report.modes.get("quantize") == 15 and report.quantized_relative_rms_error < 0.01
     edge.load(tmp_path / "m8").generate("Hello", max_tokens=3)
+
+
+def test_dequantize_writes_float_weights_equal_to_blocks(gguf_model, tmp_path):
+    report = convert(gguf_model, tmp_path / "f32", dequantize=True, dtype="float32", progress=False)
+    assert set(report.modes) == {"float"}
+    config = json.loads((tmp_path / "f32" / "config.json").read_text())
+    assert "quantization" not in config
+    got = mlx_weights_fp32(tmp_path / "f32")
+    _, ref = gguf_tensors(gguf_model)["blk.0.ffn_down.weight"]
+    np.testing.assert_array_equal(got["model.layers.0.mlp.down_proj.weight"], ref)
