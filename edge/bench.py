@@ -83,7 +83,7 @@ def run_bench(model_path: str, args) -> int:
     model = edge.load(model_path)
     prompt = bench_prompt(model, args.prompt_tokens)
     results = {"edge": run_edge(model, prompt, args.max_tokens, args.repeats)}
-    peers = [p.strip() for p in args.peers.split(",") if p.strip() and p.strip() != "none"]
+    peers = [p.strip() for p in (args.peers or "mlx_lm").split(",") if p.strip() and p.strip() != "none"]
     for peer in peers:
         if peer != "mlx_lm":
             raise edge.EdgeError(f"unknown peer '{peer}'; available: mlx_lm, none")

@@ -51,7 +51,7 @@ def _openblas_dir() -> Path | None:
 
 def _compile(openblas: Path) -> Path:
     """Compile the shim into the build cache once per (source, OpenBLAS location)."""
-    key = hashlib.sha256(_SOURCE.read_bytes() + str(openblas).encode()).hexdigest()[:16]
+    key = hashlib.sha256(_SOURCE.read_bytes() + str(openblas).encode() + os.uname().machine.encode()).hexdigest()[:16]
     out = build_dir() / f"blas_shim-{key}.so"
     if out.exists():
         return out

@@ -35,6 +35,7 @@ class Chat:
         system: the system prompt, kept when old turns are dropped.
         sampling: default settings for every reply; `send(..., **settings)` overrides per turn.
         messages: an earlier history to continue (user/assistant messages).
+        draft: speculative decoding for every reply ("lookup", "auto", "self[:bits]", a draft model).
     """
 
     def __init__(
@@ -43,8 +44,12 @@ class Chat:
         system: str | None = None,
         sampling: Sampling | None = None,
         messages: list[Message] | None = None,
+        draft=None,
     ):
+        from .speculative import make_drafter
+
         self.model = model
+        self.drafter = make_drafter(draft, model)
         self.system = system
         self.sampling = sampling or Sampling(max_tokens=512)
         self.messages: list[Message] = list(messages or [])
@@ -125,7 +130,9 @@ class Chat:
         done: Done | None = None
         try:
             with wired_limit(self.model.plan):
-                for event in stream_events(self.model, ids, self._cache, sampling, reused=reused, cancel=self._cancel):
+                for event in stream_events(
+                    self.model, ids, self._cache, sampling, reused=reused, cancel=self._cancel, drafter=self.drafter
+                ):
                     if isinstance(event, Token):
                         pieces.append(event.text)
                     elif isinstance(event, Done):

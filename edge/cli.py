@@ -31,6 +31,9 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
     p.add_argument("--context", type=int, default=None, help="the longest context to plan for")
+    p.add_argument(
+        "--draft", default=None, help="speculative decoding: lookup, auto, self[:bits], or a draft model folder"
+    )
 
 
 def _sampling(a: argparse.Namespace):
@@ -80,7 +83,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     model = edge.load(_resolve_model(a.model), context=a.context)
     chat = a.chat if a.chat is not None else model.tokenizer.has_chat_template
     done = None
-    for event in model.stream(a.prompt, _sampling(a), chat=chat, system=a.system):
+    for event in model.stream(a.prompt, _sampling(a), chat=chat, system=a.system, draft=a.draft):
         if isinstance(event, edge.Token) and not a.json:
             print(event.text, end="", flush=True)
         elif isinstance(event, edge.Done):
@@ -108,10 +111,18 @@ def cmd_info(a: argparse.Namespace) -> int:
 def cmd_chat(a: argparse.Namespace) -> int:
     from .plain_chat import run_plain_chat
 
-    return run_plain_chat(_resolve_model(a.model), system=a.system, sampling=_sampling(a), context=a.context)
+    return run_plain_chat(
+        _resolve_model(a.model), system=a.system, sampling=_sampling(a), context=a.context, draft=a.draft
+    )
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
+    if a.draft:
+        import edge
+
+        from .bench_speculative import run_speculative_bench
+
+        return run_speculative_bench(edge.load(_resolve_model(a.model)), a)
     from .bench import run_bench
 
     return run_bench(_resolve_model(a.model), a)
@@ -159,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None)
     p.add_argument("--plain", action="store_true", help="line-based chat without the full-screen app")
     _sampling_args(p)
-    p.set_defaults(func=cmd_chat, max_tokens=512)
+    p.set_defaults(func=cmd_chat, max_tokens=512, temperature=0.7, top_p=0.9, min_p=0.05)
 
     p = sub.add_parser("info", help="what a model is, and what it needs in memory (no weights read)")
     p.add_argument("model", help="MLX or Hugging Face folder, or .gguf file")
@@ -175,7 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length, the same for every engine")
     p.add_argument("--repeats", type=int, default=3, help="edge runs; the median is reported")
-    p.add_argument("--peers", default="mlx_lm", help="comma-separated peers: mlx_lm, none")
+    p.add_argument(
+        "--peers", default=None, help="comma-separated peers: mlx_lm, none (default: mlx_lm; none with --draft)"
+    )
+    p.add_argument("--draft", default=None, help="compare drafters instead: lookup,auto,self:4,DRAFT_FOLDER or all")
+    p.add_argument("--draft-model", default=None, help="with --draft all: also bench this draft model folder")
+    p.add_argument("--temperature", type=float, default=0.0, help="with --draft: sample at this temperature (seed 0)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import mlx.core as mx
 
-from .events import Done, Event, Stats, StopReason, Token
+from .events import Done, DraftStats, Event, Stats, StopReason, Token
 from .sampling import LogitsProcessor, Sampler, Sampling, make_processors, make_sampler
 from .tokenizer import StopMatcher
 
@@ -80,10 +80,12 @@ def stream_events(
     reused: int = 0,
     cancel: threading.Event | None = None,
     eos: set[int] | None = None,
+    drafter=None,
 ) -> Iterator[Event]:
     """Generate from `prompt` whose first `reused` tokens are already in `cache`; yield Token... then Done.
 
-    `eos` overrides the tokenizer's end-of-sequence ids (the benchmark passes an empty set).
+    `eos` overrides the tokenizer's end-of-sequence ids (the benchmark passes an empty set). With a
+    `drafter` (see `edge.speculative`), tokens come from speculative decoding; the output is the same.
     """
     context_limit = model.context_length
     if len(prompt) >= context_limit:
@@ -106,9 +108,19 @@ def stream_events(
     mx.reset_peak_memory()
     start = time.perf_counter()
     first = last = start
-    for token in token_stream(
-        model.module, prompt[reused:], cache, make_sampler(sampling), make_processors(sampling), max_tokens, prompt
-    ):
+    processors = make_processors(sampling)
+    if drafter is not None:
+        from .speculative.decode import speculative_token_stream
+
+        stats.draft = DraftStats(drafter.name)
+        ids_stream = speculative_token_stream(
+            model.module, prompt[reused:], cache, sampling, processors, max_tokens, prompt, drafter, stats.draft
+        )
+    else:
+        ids_stream = token_stream(
+            model.module, prompt[reused:], cache, make_sampler(sampling), processors, max_tokens, prompt
+        )
+    for token in ids_stream:
         last = time.perf_counter()
         if not ids:
             first = last

@@ -98,6 +98,7 @@ class Model:
         chat: bool | None = None,
         system: str | None = None,
         cancel: threading.Event | None = None,
+        draft=None,
         **settings,
     ) -> Iterator[Event]:
         """Stream `Token` events, then one `Done` (reason, full text, stats).
@@ -108,6 +109,8 @@ class Model:
             chat: apply the chat template to a text prompt.
             system: a system prompt (implies chat for a text prompt).
             cancel: set this event from another thread to stop at the next token.
+            draft: speculative decoding: "lookup", "auto", "self[:bits]", a draft model folder or Model
+                (the output is the same as without it: identical when greedy, same distribution when sampling).
         """
         sampling = (sampling or Sampling()).with_(**settings)
         ids = self.encode(prompt, chat=chat, system=system)
@@ -117,8 +120,11 @@ class Model:
             raise EdgeError(
                 f"the prompt has {len(ids)} tokens but the context holds {self.context_length}; shorten it or load with a larger context."
             )
+        from .speculative import make_drafter
+
+        drafter = make_drafter(draft, self)
         with wired_limit(self.plan):
-            yield from stream_events(self, ids, self.make_cache(), sampling, cancel=cancel)
+            yield from stream_events(self, ids, self.make_cache(), sampling, cancel=cancel, drafter=drafter)
 
     def generate(self, prompt: Prompt, sampling: Sampling | None = None, **kwargs) -> str:
         """The whole reply as one string (see `stream` for the arguments)."""

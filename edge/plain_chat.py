@@ -11,12 +11,12 @@ import sys
 from rich.console import Console
 
 
-def run_plain_chat(model_path: str, *, system: str | None, sampling, context: int | None) -> int:
+def run_plain_chat(model_path: str, *, system: str | None, sampling, context: int | None, draft=None) -> int:
     import edge
 
     err = Console(stderr=True)
     model = edge.load(model_path, context=context)
-    chat = edge.Chat(model, system=system, sampling=sampling)
+    chat = edge.Chat(model, system=system, sampling=sampling, draft=draft)
     interactive = sys.stdin.isatty()
     if interactive:
         err.print(f"[bold]edge chat[/] with {model.path.name} (compute {model.plan.compute}); Ctrl-D to quit")

@@ -89,3 +89,25 @@ def make_processors(s: Sampling) -> list[LogitsProcessor]:
         frequency_penalty=s.frequency_penalty or None,
         frequency_context_size=s.penalty_window,
     )
+
+
+def make_distribution(s: Sampling) -> Callable[[mx.array], mx.array] | None:
+    """logprobs (..., vocab) -> the probabilities the sampler draws from, or None for greedy.
+
+    The same filters, in the same order, as mlx-lm's `make_sampler` (top-p, min-p, top-k, then
+    temperature), so speculative verification accepts against exactly the distribution plain sampling uses.
+    """
+    if s.temperature == 0:
+        return None
+    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+
+    def distribution(logprobs: mx.array) -> mx.array:
+        if 0 < s.top_p < 1.0:
+            logprobs = apply_top_p(logprobs, s.top_p)
+        if s.min_p != 0.0:
+            logprobs = apply_min_p(logprobs, s.min_p)
+        if s.top_k > 0:
+            logprobs = apply_top_k(logprobs, s.top_k)
+        return mx.softmax(logprobs.astype(mx.float32) * (1.0 / s.temperature), axis=-1)
+
+    return distribution

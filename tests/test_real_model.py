@@ -44,3 +44,13 @@ def test_default_model_is_found_converted_once_and_reused(smollm2, monkeypatch):
     stamp = (folder / "edge.json").stat().st_mtime_ns
     assert ensure_default_model(progress=False, log=lambda m: None) == folder
     assert (folder / "edge.json").stat().st_mtime_ns == stamp
+
+
+def test_prompt_lookup_is_exact_and_accepts_on_a_grounded_prompt(smollm2):
+    model = edge.load(smollm2)
+    text = "Unified memory lets the processor and the graphics unit share the same bytes, so a model loaded once is visible to both."
+    messages = [{"role": "user", "content": f"Repeat this sentence exactly:\n\n{text}"}]
+    plain = list(model.stream(messages, max_tokens=48))[-1]
+    spec = list(model.stream(messages, max_tokens=48, draft="lookup"))[-1]
+    assert spec.token_ids == plain.token_ids
+    assert spec.stats.draft.accepted >= 10 and spec.stats.draft.acceptance_rate > 0.5

@@ -1,0 +1,79 @@
+"""Adaptive draft length: pick k to maximise expected tokens per second from measured acceptance and costs.
+
+With per-token acceptance a, a step that drafts k tokens yields E(k) = (1 - a^(k+1)) / (1 - a) tokens and
+costs k * t_draft + t_verify(k), where t_verify(k) = t0 + k * t_extra (one target pass over k + 1
+positions). Plain decoding yields 1 token per t0. When no k > 0 beats plain, speculation is off for the
+request, and every `probe_every` steps it tries k = 1 again to re-measure (unless drafting one token
+costs as much as a target step, in which case no k can ever pay).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DraftLength:
+    k_max: int = 8
+    k_start: int = 1
+    """The first draft is short: a drafter slower than a target step is found out after one token."""
+    probe_every: int = 16
+    decay: float = 0.8
+    """Weight of the past in the moving averages."""
+    successes: float = 3.0
+    trials: float = 5.0
+    """Decayed counts of accepted drafts and of drafts examined (a prior of 0.6 acceptance)."""
+    t0: float | None = None
+    """Seconds of a target pass over one position (a plain step)."""
+    t_extra: float | None = None
+    """Extra seconds per additional verified position."""
+    t_draft: float | None = None
+    """Seconds to draft one token."""
+    adaptive: bool = True
+    """False: always draft `k_start` tokens (for tests and fixed-length benchmarks)."""
+    steps_off: int = 0
+    history: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def acceptance(self) -> float:
+        """Estimated probability that one drafted token is accepted."""
+        return self.successes / max(self.trials, 1e-9)
+
+    def _avg(self, old: float | None, new: float) -> float:
+        return new if old is None else self.decay * old + (1 - self.decay) * new
+
+    def choose(self, limit: int) -> int:
+        """The draft length for the next step (0 = a plain step), at most `limit`."""
+        if not self.adaptive:
+            return max(0, min(self.k_start, limit))
+        if limit <= 0 or self.t0 is None:  # the first step is plain: it measures t0
+            return 0
+        if self.t_extra is None:  # never drafted yet: measure it
+            return min(self.k_start, limit)
+        best_k, best_rate = 0, 1.0 / self.t0
+        a = min(self.acceptance, 0.999)
+        for k in range(1, min(self.k_max, limit) + 1):
+            rate = ((1 - a ** (k + 1)) / (1 - a)) / (k * (self.t_draft or 0.0) + self.t0 + k * self.t_extra)
+            if rate > best_rate * 1.02:  # demand a small margin: noise should not switch drafting on
+                best_k, best_rate = k, rate
+        if best_k == 0:
+            self.steps_off += 1
+            # A drafter slower per token than a target step can never pay: stop probing it.
+            if self.steps_off % self.probe_every == 0 and (self.t_draft or 0.0) < self.t0:
+                return 1
+        else:
+            self.steps_off = 0
+        return best_k
+
+    def record(self, drafted: int, accepted: int, t_draft: float, t_verify: float) -> None:
+        """Update the estimates after a step that drafted `drafted` tokens and accepted `accepted`."""
+        if drafted == 0:
+            self.t0 = self._avg(self.t0, t_verify)
+            return
+        self.history[accepted] = self.history.get(accepted, 0) + 1
+        # Drafting stops at the first rejection, so the positions examined are the trials.
+        self.successes = self.decay * self.successes + accepted
+        self.trials = self.decay * self.trials + accepted + (accepted < drafted)
+        self.t_draft = self._avg(self.t_draft, t_draft / drafted)
+        base = self.t0 if self.t0 is not None else t_verify / (1 + 0.25 * drafted)
+        self.t_extra = self._avg(self.t_extra, max(t_verify - base, 0.0) / drafted)

@@ -1,0 +1,85 @@
+"""The speculative decode loop: the same contract as `generate.token_stream` (yield ids), several per step.
+
+One step: (1) draft k tokens, (2) one target pass over [last token] + drafts, (3) accept or reject them
+(verify.py), (4) emit the accepted drafts plus the correction or bonus token. The target cache is rolled
+back by moving its offset over the rejected positions; a drafter with a cache re-syncs to the settled
+history on its next proposal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import mlx.core as mx
+import numpy as np
+
+from ..errors import EdgeError
+from ..events import DraftStats
+from ..generate import prefill
+from ..sampling import LogitsProcessor, Sampling, make_distribution
+from .adaptive import DraftLength
+from .drafters import Drafter
+from .verify import accept_greedy, accept_sampled
+
+
+def _process(logits: mx.array, processors: list[LogitsProcessor], history: list[int], drafts: list[int]) -> mx.array:
+    """Apply logits processors at each verified position with the history that position would have had."""
+    if not processors:
+        return logits
+    rows = []
+    for i in range(logits.shape[0]):
+        row = logits[i : i + 1]
+        seen = mx.array(history + drafts[:i])
+        for p in processors:
+            row = p(seen, row)
+        rows.append(row)
+    return mx.concatenate(rows, axis=0)
+
+
+def speculative_token_stream(
+    module,
+    prompt: list[int],
+    cache: list,
+    sampling: Sampling,
+    processors: list[LogitsProcessor],
+    max_tokens: int,
+    history: list[int],
+    drafter: Drafter,
+    stats: DraftStats,
+    controller: DraftLength | None = None,
+) -> Iterator[int]:
+    """Yield up to `max_tokens` ids; `prompt` is the part of `history` not yet in `cache`."""
+    from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+    if not can_trim_prompt_cache(cache):
+        raise EdgeError("this model's KV cache cannot roll back (recurrent or rotating layers); use draft=None.")
+    controller = controller or DraftLength(k_start=getattr(drafter, "first_k", 1))
+    distribution = make_distribution(sampling)
+    rng = np.random.default_rng(sampling.seed)
+    tokens = list(history)  # settled tokens; the last one is not yet in the target cache
+    prefill(module, mx.array(prompt), cache)
+    drafter.prepare(tokens)
+    produced = 0
+    while produced < max_tokens:
+        k = controller.choose(max_tokens - produced - 1)  # drafts beyond max_tokens would be wasted
+        start = time.perf_counter()
+        drafts, q = drafter.propose(tokens, k, distribution) if k > 0 else ([], None)
+        drafts = drafts[:k]
+        mid = time.perf_counter()
+        logits = module(mx.array(tokens[-1:] + drafts)[None], cache=cache)[0]
+        logprobs = _process(logits, processors, tokens, drafts)
+        logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
+        if distribution is None:
+            n, nxt = accept_greedy(logprobs, drafts)
+        else:
+            n, nxt = accept_sampled(distribution(logprobs), drafts, q[: len(drafts)] if q is not None else None, rng)
+        if len(drafts) > n:
+            trim_prompt_cache(cache, len(drafts) - n)  # roll back the rejected positions
+        end = time.perf_counter()
+        controller.record(len(drafts), n, mid - start, end - mid)
+        stats.record(len(drafts), n, mid - start, end - mid)
+        new = drafts[:n] + [nxt]
+        tokens += new
+        yield from new[: max_tokens - produced]
+        produced += len(new)

@@ -1,0 +1,172 @@
+"""Drafters: cheap proposals of the next k tokens, which the target then verifies in one pass.
+
+Every drafter has three verbs: `prepare(tokens)` before the first step (a draft model prefills its cache
+there, outside the per-step timing), `propose(tokens, k)` returns up to k draft ids and, for sampling, the
+draft distribution each was drawn from (None means deterministic: q is one-hot), and `sync(tokens)` tells
+it the history the target settled on, so a drafter with a KV cache can roll back to the common prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import mlx.core as mx
+import numpy as np
+
+from ..errors import EdgeError
+
+if TYPE_CHECKING:
+    from ..model import Model
+
+
+class Drafter(Protocol):
+    name: str
+
+    def prepare(self, tokens: list[int]) -> None: ...
+
+    def propose(self, tokens: list[int], k: int, distribution) -> tuple[list[int], mx.array | None]: ...
+
+    def sync(self, tokens: list[int]) -> None: ...
+
+
+@dataclass
+class PromptLookup:
+    """Prompt-lookup decoding: continue the most recent earlier occurrence of the longest n-gram suffix.
+
+    No model and no state: a miss costs one vectorised search over the history.
+    """
+
+    max_ngram: int = 3
+    min_ngram: int = 1
+    name: str = "lookup"
+    first_k: int = 4
+    """Proposals are free, so the first step can draft several (verifying 2 positions costs ~25% more than
+    1 on a CPU, each further one ~5%: a 1-token probe would make the cost model too pessimistic)."""
+
+    def propose(self, tokens: list[int], k: int, distribution=None) -> tuple[list[int], None]:
+        if k <= 0 or len(tokens) < self.min_ngram + 1:
+            return [], None
+        hist = np.asarray(tokens, dtype=np.int64)
+        for n in range(min(self.max_ngram, len(tokens) - 1), self.min_ngram - 1, -1):
+            windows = np.lib.stride_tricks.sliding_window_view(hist[:-1], n)  # every earlier n-gram
+            hits = np.flatnonzero((windows == hist[-n:]).all(axis=1))
+            for start in hits[::-1]:  # most recent first; skip matches with nothing after them
+                follow = hist[start + n : start + n + k]
+                if follow.size:
+                    return follow.tolist(), None
+        return [], None
+
+    def prepare(self, tokens: list[int]) -> None:
+        pass
+
+    def sync(self, tokens: list[int]) -> None:
+        pass
+
+
+class ModelDrafter:
+    """A smaller model (or a lower-bit copy of the target) with its own KV cache, drafting autoregressively."""
+
+    def __init__(self, module, name: str):
+        from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache
+
+        self.module, self.name = module, name
+        self.first_k = 1  # a draft model may be slower than the target: find out after one token
+        self.cache = make_prompt_cache(module)
+        if not can_trim_prompt_cache(self.cache):
+            raise EdgeError(f"draft model '{name}' has a cache that cannot roll back; it cannot draft.")
+        self.cached: list[int] = []
+
+    def prepare(self, tokens: list[int]) -> None:
+        """Prefill the draft cache with all but the last settled token."""
+        from ..generate import prefill
+
+        self.sync(tokens)
+        if len(tokens) - 1 > len(self.cached):
+            prefill(self.module, mx.array(tokens[len(self.cached) :]), self.cache)
+            self.cached = list(tokens[:-1])
+
+    def sync(self, tokens: list[int]) -> None:
+        from mlx_lm.models.cache import trim_prompt_cache
+
+        from ..chat import common_prefix
+
+        keep = common_prefix(self.cached, tokens)
+        if len(self.cached) > keep:
+            trim_prompt_cache(self.cache, len(self.cached) - keep)
+            self.cached = self.cached[:keep]
+
+    def propose(self, tokens: list[int], k: int, distribution) -> tuple[list[int], mx.array | None]:
+        """Draft k tokens; the cache ends holding tokens + all drafts but the last (not yet fed)."""
+        if k <= 0:
+            return [], None
+        self.sync(tokens)
+        feed = tokens[len(self.cached) :]
+        drafts, qs = [], []
+        for _ in range(k):
+            logits = self.module(mx.array(feed)[None], cache=self.cache)[0, -1]
+            self.cached += feed
+            logprobs = logits - mx.logsumexp(logits)
+            if distribution is None:
+                token = mx.argmax(logprobs)
+            else:
+                q = distribution(logprobs)
+                qs.append(q)
+                token = mx.random.categorical(mx.log(q))
+            feed = [token.item()]
+            drafts.append(feed[0])
+        return drafts, (mx.stack(qs) if qs else None)
+
+
+def check_compatible(target: Model, draft: Model) -> None:
+    """Same vocabulary and special tokens, or a clear error naming the mismatch."""
+    t, d = target.tokenizer, draft.tokenizer
+    if t.vocab_size != d.vocab_size:
+        raise EdgeError(
+            f"draft model {draft.path.name} has a vocabulary of {d.vocab_size} tokens; the target has {t.vocab_size}."
+        )
+    if t.eos_token_ids != d.eos_token_ids:
+        raise EdgeError(
+            f"draft model {draft.path.name} ends turns with ids {sorted(d.eos_token_ids)}; the target with {sorted(t.eos_token_ids)}."
+        )
+    probe = "Hello, world! 123 <|im_end|>"
+    if t.encode(probe, add_special_tokens=False) != d.encode(probe, add_special_tokens=False):
+        raise EdgeError(
+            f"draft model {draft.path.name} tokenizes text differently from the target; use a draft with the same tokenizer."
+        )
+
+
+def float_weights(module) -> dict[str, mx.array]:
+    """The module's weights with quantized layers dequantized (fp32, exact), without changing the module."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    out: dict[str, mx.array] = {}
+    for path, m in module.named_modules():
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            s, b = m.scales.astype(mx.float32), m.biases.astype(mx.float32)
+            out[f"{path}.weight"] = mx.dequantize(m.weight, s, b, group_size=m.group_size, bits=m.bits)
+    for name, p in tree_flatten(module.parameters()):
+        base = name.rsplit(".", 1)[0]
+        if name.endswith((".scales", ".biases")) and f"{base}.weight" in out or name in out:
+            continue
+        out[name] = p
+    return out
+
+
+def lower_bit_copy(target: Model, bits: int, group_size: int = 64) -> ModelDrafter:
+    """The target's own weights quantized in memory to `bits` (e.g. 4-bit drafting for an fp32/8-bit target)."""
+    import mlx.nn as nn
+
+    from ..architecture import skeleton
+
+    module = skeleton(target.config, target.path)
+    module.load_weights(list(float_weights(target.module).items()))
+
+    def quantizable(path, m):
+        return hasattr(m, "to_quantized") and m.weight.shape[-1] % group_size == 0
+
+    nn.quantize(module, group_size=group_size, bits=bits, class_predicate=quantizable)
+    module.set_dtype(mx.float32)  # fp32 scales: MLX's CPU quantized kernels are far slower with fp16
+    mx.eval(module.parameters())
+    return ModelDrafter(module, f"self-{bits}bit")

@@ -1,0 +1,295 @@
+"""Speculative decoding keeps the target's answer: identical greedy output for every drafter, the target's
+distribution when sampling (chi-square), exact cache rollback, and the edge cases at the limits."""
+
+from __future__ import annotations
+
+import builders
+import mlx.core as mx
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+import edge
+from edge.events import Done, DraftStats
+from edge.generate import stream_events
+from edge.sampling import Sampling, make_processors
+from edge.speculative import DraftLength, ModelDrafter, PromptLookup, make_drafter
+from edge.speculative.decode import speculative_token_stream
+from edge.speculative.verify import accept_sampled
+
+REPEAT = "Repeat this: the quick brown fox jumps over the lazy dog. the quick brown fox jumps over the lazy dog."
+
+
+@pytest.fixture(scope="module")
+def target(mlx_models):
+    return edge.load(mlx_models["llama"])
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory, tokenizer):
+    """A different random model with the same tokenizer: its drafts are mostly rejected."""
+    from edge.converters import convert
+
+    root = tmp_path_factory.mktemp("other")
+    builders.write_hf_model(root / "hf", "llama", tok=tokenizer, seed=99, num_hidden_layers=1)
+    convert(root / "hf", root / "mlx", dtype="float32", progress=False)
+    return edge.load(root / "mlx")
+
+
+def done_of(events) -> Done:
+    return [e for e in events if isinstance(e, Done)][-1]
+
+
+def greedy_ids(model, prompt, draft=None, **kw) -> tuple[tuple[int, ...], Done]:
+    done = done_of(model.stream(prompt, draft=draft, **kw))
+    return done.token_ids, done
+
+
+@pytest.mark.parametrize("draft", ["lookup", "auto", "self:8", "self:4", "same", "other"])
+def test_greedy_output_is_identical_for_every_drafter(target, other_model, draft):
+    spec = {"same": target, "other": other_model}.get(draft, draft)
+    for prompt in (REPEAT, "Once upon a time", [5, 6, 7, 5, 6, 7, 5, 6]):
+        plain, _ = greedy_ids(target, prompt, max_tokens=40)
+        spec_ids, done = greedy_ids(target, prompt, draft=spec, max_tokens=40)
+        assert spec_ids == plain, (draft, prompt)
+        assert isinstance(done.stats.draft, DraftStats)
+
+
+def test_identical_draft_has_every_draft_accepted(target):
+    prompt = target.encode(REPEAT)
+    stats = DraftStats("same")
+    fixed = DraftLength(k_start=4, adaptive=False)
+    out = list(
+        speculative_token_stream(
+            target.module,
+            prompt,
+            target.make_cache(),
+            Sampling(max_tokens=40),
+            [],
+            40,
+            prompt,
+            ModelDrafter(target.module, "same"),
+            stats,
+            fixed,
+        )
+    )
+    plain = list(stream_events(target, prompt, target.make_cache(), Sampling(max_tokens=40), eos=set()))[-1].token_ids
+    assert tuple(out) == plain
+    assert stats.drafted > 0 and stats.accepted == stats.drafted and stats.acceptance_rate == 1.0
+    assert stats.accepted_lengths == {4: stats.verify_steps}  # every step: all 4 drafts, plus the bonus token
+
+
+def test_adaptive_length_switches_off_a_draft_as_slow_as_the_target(target):
+    """The identical model drafts perfectly but costs a target step per token: it can never pay."""
+    done = done_of(
+        stream_events(
+            target,
+            target.encode(REPEAT),
+            target.make_cache(),
+            Sampling(max_tokens=40),
+            eos=set(),
+            drafter=ModelDrafter(target.module, "same"),
+        )
+    )
+    assert done.stats.draft.plain_steps > 3 * done.stats.draft.verify_steps
+
+
+def test_unrelated_draft_is_mostly_rejected_and_still_exact(target, other_model):
+    done = done_of(target.stream("Once upon a time", draft=other_model, max_tokens=40))
+    assert done.stats.draft.acceptance_rate < 0.5
+    assert done.token_ids == greedy_ids(target, "Once upon a time", max_tokens=40)[0]
+
+
+def test_rollback_leaves_the_cache_of_plain_decoding(target, other_model):
+    """After rejected drafts, the target's keys and values equal those of plain decoding of the same tokens."""
+    prompt = target.encode("Once upon a time there")
+    cache = target.make_cache()
+    drafter = ModelDrafter(other_model.module, "other")
+    stats = DraftStats("other")
+    out = list(
+        speculative_token_stream(
+            target.module,
+            prompt,
+            cache,
+            Sampling(max_tokens=20),
+            [],
+            20,
+            prompt,
+            drafter,
+            stats,
+            DraftLength(k_start=4),
+        )
+    )
+    assert stats.drafted > stats.accepted  # some drafts were rejected and rolled back
+    fed = (prompt + out)[: cache[0].offset]
+    ref = target.make_cache()
+    target.module(mx.array(fed)[None], cache=ref)
+    for c, r in zip(cache, ref, strict=True):
+        assert c.offset == r.offset
+        n = r.offset
+        for a, b in ((c.keys, r.keys), (c.values, r.values)):
+            np.testing.assert_allclose(np.array(a[..., :n, :]), np.array(b[..., :n, :]), atol=1e-5)
+
+
+def test_incompatible_draft_model_is_refused(target, tmp_path):
+    from edge.converters import convert
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(
+        builders.CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=builders.SPECIALS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    builders.write_hf_model(tmp_path / "hf", "llama", tok=tok)
+    convert(tmp_path / "hf", tmp_path / "mlx", progress=False)
+    with pytest.raises(edge.EdgeError, match="vocabulary"):
+        make_drafter(str(tmp_path / "mlx"), target)
+    with pytest.raises(edge.EdgeError, match="draft="):
+        make_drafter("not-a-drafter", target)
+
+
+def test_drafts_never_run_past_the_context(mlx_models):
+    model = edge.load(mlx_models["llama"], context=48)
+    prompt = model.encode(REPEAT)[:30]
+    plain = done_of(stream_events(model, prompt, model.make_cache(), Sampling(max_tokens=100), eos=set()))
+    spec = done_of(
+        stream_events(model, prompt, model.make_cache(), Sampling(max_tokens=100), eos=set(), drafter=PromptLookup())
+    )
+    assert spec.reason == plain.reason == "context" and spec.token_ids == plain.token_ids and len(spec.token_ids) == 18
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 5, 7])
+def test_max_tokens_reached_mid_draft(target, max_tokens):
+    drafter = ModelDrafter(target.module, "same")  # accepts everything: the limit falls inside a draft
+    prompt = target.encode(REPEAT)
+    spec = done_of(
+        stream_events(target, prompt, target.make_cache(), Sampling(max_tokens=max_tokens), eos=set(), drafter=drafter)
+    )
+    plain = done_of(stream_events(target, prompt, target.make_cache(), Sampling(max_tokens=max_tokens), eos=set()))
+    assert spec.token_ids == plain.token_ids and len(spec.token_ids) == max_tokens
+
+
+def test_stop_string_inside_an_accepted_draft(target):
+    prompt = target.encode(REPEAT)
+    full = done_of(stream_events(target, prompt, target.make_cache(), Sampling(max_tokens=30), eos=set())).text
+    start = next(i for i in range(2, len(full) - 2) if not any(c.isspace() for c in full[i : i + 2]))
+    stop = full[start : start + 2]
+    drafter = ModelDrafter(target.module, "same")
+    spec = done_of(
+        stream_events(
+            target, prompt, target.make_cache(), Sampling(max_tokens=30, stop=(stop,)), eos=set(), drafter=drafter
+        )
+    )
+    assert spec.reason == "stop" and spec.text == full[: full.index(stop)]
+
+
+def test_chat_with_drafting_matches_fresh_generation(target):
+    chat = edge.Chat(target, draft="lookup", sampling=Sampling(max_tokens=12))
+    list(chat.send(REPEAT))
+    second = done_of(chat.send("Again: the quick brown fox"))
+    fresh = done_of(target.stream(chat.messages[:-1], max_tokens=12)).token_ids
+    assert second.token_ids == fresh and second.stats.reused_tokens > 0
+
+
+# ---- sampling: the output follows the target's distribution ----
+
+
+def chi2_p(counts: np.ndarray, probs: np.ndarray) -> float:
+    probs = np.asarray(probs, dtype=np.float64)
+    keep = probs > 0
+    expected = probs[keep] / probs[keep].sum() * counts[keep].sum()
+    return chisquare(counts[keep], expected).pvalue
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_rejection_sampling_reproduces_p(deterministic):
+    rng = np.random.default_rng(0)
+    p = np.array([[0.05, 0.4, 0.15, 0.3, 0.1]], dtype=np.float32)
+    q = np.array([[0.5, 0.1, 0.1, 0.1, 0.2]], dtype=np.float32)
+    p2 = np.concatenate([p, p[:, ::-1]])  # position 1 is the bonus distribution
+    counts = np.zeros(5)
+    for _ in range(20000):
+        d = 0 if deterministic else int(rng.choice(5, p=q[0]))
+        n, nxt = accept_sampled(mx.array(p2), [d], None if deterministic else mx.array(q), rng)
+        counts[d if n == 1 else nxt] += 1
+    assert chi2_p(counts, p[0].astype(np.float64)) > 1e-3
+
+
+def test_chi_square_catches_a_wrong_acceptance_rule():
+    """The same test on a rule that always accepts (mlx-lm would not, edge must not) fails: the test has power."""
+    rng = np.random.default_rng(0)
+    p = np.array([0.05, 0.4, 0.15, 0.3, 0.1])
+    q = np.array([0.5, 0.1, 0.1, 0.1, 0.2])
+    counts = np.bincount(rng.choice(5, size=20000, p=q), minlength=5).astype(float)
+    assert chi2_p(counts, p) < 1e-6
+
+
+class MarkovLM:
+    """A tiny 'language model' over 8 tokens: next-token logits depend only on the current token. It keeps a
+    real trimmable KV cache so the speculative loop rolls it back exactly as for a transformer."""
+
+    def __init__(self, logits: np.ndarray):
+        self.table = mx.array(logits.astype(np.float32))
+        self.layers = [None]
+
+    def make_cache(self):
+        from mlx_lm.models.cache import KVCache
+
+        return [KVCache()]
+
+    def __call__(self, inputs, cache=None):
+        n = inputs.shape[1]
+        kv = mx.zeros((1, 1, n, 1))
+        cache[0].update_and_fetch(kv, kv)
+        return self.table[inputs]
+
+
+def test_speculative_samples_follow_the_targets_distribution():
+    rng = np.random.default_rng(1)
+    t_logits = rng.normal(size=(8, 8)) * 1.5
+    d_logits = t_logits + rng.normal(size=(8, 8)) * 1.5  # a decent but wrong draft
+    target, draft = MarkovLM(t_logits), MarkovLM(d_logits)
+    sampling = Sampling(temperature=1.0, max_tokens=2)
+    P = np.exp(t_logits) / np.exp(t_logits).sum(-1, keepdims=True)
+    prompt = [3, 1]
+    exact_second = P[prompt[-1]] @ P  # P(x2) = sum_x1 P(x1 | 1) P(x2 | x1)
+    counts1, counts2 = np.zeros(8), np.zeros(8)
+    for seed in range(3000):
+        mx.random.seed(seed)
+        s = Sampling(temperature=1.0, max_tokens=2, seed=seed)
+        drafter = ModelDrafter(draft, "markov")
+        out = list(
+            speculative_token_stream(
+                target,
+                prompt,
+                target.make_cache(),
+                s,
+                make_processors(sampling),
+                2,
+                prompt,
+                drafter,
+                DraftStats("m"),
+                DraftLength(k_start=3, t0=1.0),
+            )
+        )
+        counts1[out[0]] += 1
+        counts2[out[1]] += 1
+    assert chi2_p(counts1, P[prompt[-1]]) > 1e-3
+    assert chi2_p(counts2, exact_second) > 1e-3
+
+
+def test_adaptive_length_turns_off_a_drafter_that_cannot_pay():
+    c = DraftLength(t0=0.01)
+    c.record(4, 0, t_draft=0.2, t_verify=0.012)  # slow drafts, all rejected
+    assert [c.choose(64) for _ in range(40)].count(0) == 40  # off, and never probed: drafting costs > a step
+    good = DraftLength(t0=0.01)
+    for _ in range(5):
+        good.record(4, 4, t_draft=0.0001, t_verify=0.011)
+    assert good.choose(64) >= 4
+    assert good.choose(2) <= 2
