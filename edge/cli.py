@@ -109,11 +109,17 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_chat(a: argparse.Namespace) -> int:
-    from .plain_chat import run_plain_chat
+    if a.plain or not (sys.stdin.isatty() and sys.stdout.isatty()):
+        from .plain_chat import run_plain_chat
 
-    return run_plain_chat(
-        _resolve_model(a.model), system=a.system, sampling=_sampling(a), context=a.context, draft=a.draft
-    )
+        model = _resolve_model(a.model)
+        return run_plain_chat(model, system=a.system, sampling=_sampling(a), context=a.context, draft=a.draft)
+    from edge.apps.chat import run_app
+
+    # The app starts at once and fetches / converts / loads the model in a worker.
+    settings = {k: getattr(a, k) for k in ("temperature", "top_p", "top_k", "min_p", "max_tokens")}
+    settings["draft"] = a.draft or "auto"
+    return run_app(a.model, system=a.system, settings=settings, context=a.context)
 
 
 def cmd_bench(a: argparse.Namespace) -> int:

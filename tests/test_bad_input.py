@@ -10,9 +10,9 @@ import sys
 
 import builders
 import pytest
-from edge.converters import convert
 
 import edge
+from edge.converters import convert
 
 
 def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:

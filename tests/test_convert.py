@@ -8,10 +8,10 @@ import builders
 import mlx.core as mx
 import numpy as np
 import pytest
-from edge.converters import convert
 from mlx.utils import tree_flatten
 
 import edge
+from edge.converters import convert
 
 TOKENS = [5, 17, 42, 99, 3, 250, 7, 8, 120, 64]
 

@@ -9,9 +9,9 @@ import builders
 import mlx.core as mx
 import numpy as np
 import pytest
-from edge.converters import convert
 
 import edge
+from edge.converters import convert
 
 # ---- the test's own GGUF block decoder (ggml-quants.c layouts) ----
 

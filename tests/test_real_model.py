@@ -33,6 +33,7 @@ def test_chat_reuses_cache_on_real_model(smollm2):
 
 def test_default_model_is_found_converted_once_and_reused(smollm2, monkeypatch):
     from conftest import _real_gguf
+
     from edge.converters.default_model import default_model_path, ensure_default_model
 
     gguf = _real_gguf()

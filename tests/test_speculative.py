@@ -132,8 +132,9 @@ def test_rollback_leaves_the_cache_of_plain_decoding(target, other_model):
 
 
 def test_incompatible_draft_model_is_refused(target, tmp_path):
-    from edge.converters import convert
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from edge.converters import convert
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -18,8 +18,8 @@ from edge import EdgeError
 
 
 def _m001_initial(db: sqlite3.Connection) -> None:
-    db.executescript(
-        """
+    # One execute per statement: executescript would COMMIT the migration's transaction halfway.
+    statements = """
         CREATE TABLE conversations (
             id INTEGER PRIMARY KEY,
             title TEXT NOT NULL,
@@ -37,9 +37,10 @@ def _m001_initial(db: sqlite3.Connection) -> None:
             status TEXT NOT NULL DEFAULT 'done',
             created REAL NOT NULL
         );
-        CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
-        """
-    )
+        CREATE INDEX messages_by_conversation ON messages(conversation_id, id)
+    """
+    for statement in statements.split(";"):
+        db.execute(statement)
 
 
 def _m002_message_stats(db: sqlite3.Connection) -> None:

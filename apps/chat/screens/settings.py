@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal, Vertical
+from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, TextArea
 
@@ -28,7 +28,10 @@ class SettingsResult:
 
 
 class SettingsScreen(ModalScreen[SettingsResult | None]):
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="settings.cancel")]
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel", id="settings.cancel"),
+        Binding("ctrl+s", "save", "Save", id="settings.save"),
+    ]
 
     def __init__(self, system: str | None, settings: dict, check_draft=None) -> None:
         super().__init__()
@@ -38,7 +41,7 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
     def compose(self):
         draft = self.settings.get("draft") or "off"
         modes = DRAFT_MODES if draft in dict((v, k) for k, v in DRAFT_MODES) else [*DRAFT_MODES, (draft, draft)]
-        with Vertical(id="settings-dialog"):
+        with VerticalScroll(id="settings-dialog"):
             yield Label("Conversation settings", classes="title")
             yield Label("System prompt")
             yield TextArea(self.system or "", id="system")
@@ -57,7 +60,10 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "cancel":
             self.dismiss(None)
-            return
+        else:
+            self.action_save()
+
+    def action_save(self) -> None:
         try:
             result = self._read()
         except (ValueError, edge.EdgeError) as e:

@@ -25,7 +25,7 @@ class MessageView(Vertical, can_focus=True):
             self.view = view
 
     def __init__(self, role: str, content: str = "", status: str = "done") -> None:
-        super().__init__(classes=f"message {role}")
+        super().__init__(classes=f"message {role}" + (" stopped" if status != "done" else ""))
         self.role, self.content, self.status = role, content, status
         self._stream = None
 
