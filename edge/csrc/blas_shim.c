@@ -23,6 +23,7 @@ void scipy_cblas_cgemm(int, int, int, int, int, int, const void *, const void *,
 /* Read by edge.blas to verify that MLX's calls really land here. */
 volatile uint64_t edge_blas_sgemm_calls = 0;
 volatile uint64_t edge_blas_sgemv_routed = 0;
+volatile uint64_t edge_blas_small_m = 0;
 
 void cblas_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc) {
@@ -49,6 +50,13 @@ void cblas_sgemm(int order, int ta, int tb, int M, int N, int K, float alpha, co
         int rows = (ta == NoTrans) ? M : K, cols = (ta == NoTrans) ? K : M;
         edge_blas_sgemv_routed++;
         scipy_cblas_sgemv(RowMajor, ta, rows, cols, alpha, A, lda, B, incx, beta, C, ldc);
+        return;
+    }
+    if (M <= 16 && ta == NoTrans && tb == Trans) {
+        /* x @ W^T for a few rows (verifying drafted tokens): the same product as column-major
+         * C^T = W x^T, with W as OpenBLAS's first operand; measured 1.5-2x faster for M = 2..16. */
+        edge_blas_small_m++;
+        scipy_cblas_sgemm(ColMajor, Trans, NoTrans, N, M, K, alpha, B, ldb, A, lda, beta, C, ldc);
         return;
     }
     scipy_cblas_sgemm(RowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
