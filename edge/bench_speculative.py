@@ -29,7 +29,7 @@ tokens = drafted = 0
 seconds = 0.0
 for prompt in args["prompts"]:
     last = None
-    for last in stream_generate(model, tok, prompt, max_tokens=args["max_tokens"], draft_model=draft, sampler=sampler, num_draft_tokens=4):
+    for last in stream_generate(model, tok, prompt, max_tokens=args["max_tokens"], draft_model=draft, sampler=sampler, num_draft_tokens=args["draft_length"]):
         drafted += bool(last.from_draft)
     tokens += last.generation_tokens
     seconds += last.generation_tokens / max(last.generation_tps, 1e-9)
@@ -41,13 +41,17 @@ def prompt_suite() -> dict[str, list[str]]:
     return json.loads((files("edge.assets") / "spec_prompts.json").read_text())
 
 
-def _run(model, prompts: list[list[int]], sampling: Sampling, drafter) -> dict:
+def _run(model, prompts: list[list[int]], sampling: Sampling, drafter, fixed_length: int | None = None) -> dict:
     from .generate import stream_events
 
     tokens, seconds, drafted, accepted, outputs, generated = 0, 0.0, 0, 0, [], 0
     for ids in prompts:
         done = [
-            e for e in stream_events(model, ids, model.make_cache(), sampling, drafter=drafter) if isinstance(e, Done)
+            e
+            for e in stream_events(
+                model, ids, model.make_cache(), sampling, drafter=drafter, draft_length=_controller(fixed_length)
+            )
+            if isinstance(e, Done)
         ][-1]
         s = done.stats
         tokens += max(s.generation_tokens - 1, 0)  # decode tok/s excludes the first token (prefill)
@@ -80,18 +84,11 @@ def run_speculative_bench(model, args) -> int:
     for name in names:
         drafter = make_drafter(name, model)
         for cls, ids in prompts.items():
-            r = _run(model, ids, sampling, drafter)
-            rows.append(
-                {
-                    "drafter": name,
-                    "prompt_class": cls,
-                    "decode_tps": r["decode_tps"],
-                    "ratio": r["decode_tps"] / plain[cls]["decode_tps"] if plain[cls]["decode_tps"] else None,
-                    "acceptance": r["accepted"] / r["drafted"] if r["drafted"] else 0.0,
-                    "from_draft": r["from_draft"],
-                    "identical": (r["outputs"] == plain[cls]["outputs"]) if args.temperature == 0 else None,
-                }
-            )
+            r = _run(model, ids, sampling, drafter, args.draft_length)
+            ratio = r["decode_tps"] / plain[cls]["decode_tps"] if plain[cls]["decode_tps"] else None
+            acceptance = r["accepted"] / r["drafted"] if r["drafted"] else 0.0
+            identical = (r["outputs"] == plain[cls]["outputs"]) if args.temperature == 0 else None
+            rows.append(_row(name, cls, r["decode_tps"], ratio, acceptance, r["from_draft"], identical))
     for name in names:
         if "mlx_lm" in (args.peers or "") and name not in ("lookup", "auto") and not name.startswith("self"):
             for cls, texts in suite.items():
@@ -105,17 +102,7 @@ def run_speculative_bench(model, args) -> int:
                         plain[cls]["decode_tps"],
                     )
                 )
-    plain_rows = [
-        {
-            "drafter": "plain",
-            "prompt_class": c,
-            "decode_tps": p["decode_tps"],
-            "ratio": 1.0,
-            "acceptance": None,
-            "identical": True,
-        }
-        for c, p in plain.items()
-    ]
+    plain_rows = [_row("plain", c, p["decode_tps"], 1.0, None, None, True) for c, p in plain.items()]
     if args.json:
         print(json.dumps(plain_rows + rows, indent=2))
     else:
@@ -131,27 +118,34 @@ def _mlx_lm_row(model_path: str, draft: str, cls: str, prompts: list[list[int]],
             "prompts": prompts,
             "max_tokens": args.max_tokens,
             "temperature": args.temperature,
+            "draft_length": args.draft_length or 4,
         }
     )
     done = subprocess.run([sys.executable, "-c", MLX_LM_SPEC_CHILD, payload], capture_output=True, text=True)
     if done.returncode != 0:
-        return {
-            "drafter": f"mlx_lm+{draft}",
-            "prompt_class": cls,
-            "decode_tps": None,
-            "ratio": None,
-            "acceptance": None,
-            "identical": None,
-            "error": done.stderr.strip()[-200:],
-        }
+        return {**_row(f"mlx_lm+{draft}", cls, None, None, None, None, None), "error": done.stderr.strip()[-200:]}
     r = json.loads(done.stdout.strip().splitlines()[-1])
+    # mlx-lm reports which output tokens came from the draft, not how many it drafted: acceptance unknown.
+    return _row(f"mlx_lm+{draft}", cls, r["decode_tps"], r["decode_tps"] / plain_tps, None, r["from_draft"], None)
+
+
+def _controller(fixed_length: int | None):
+    """None: the adaptive controller; a number: always draft that many (to compare with mlx-lm's fixed length)."""
+    from .speculative import DraftLength
+
+    return None if fixed_length is None else DraftLength(k_start=fixed_length, adaptive=False)
+
+
+def _row(drafter, prompt_class, decode_tps, ratio, acceptance, from_draft, identical) -> dict:
+    """One row of the table / the --json list."""
     return {
-        "drafter": f"mlx_lm+{draft}",
-        "prompt_class": cls,
-        "decode_tps": r["decode_tps"],
-        "ratio": r["decode_tps"] / plain_tps,
-        "acceptance": r["from_draft"],
-        "identical": None,
+        "drafter": drafter,
+        "prompt_class": prompt_class,
+        "decode_tps": decode_tps,
+        "ratio": ratio,
+        "acceptance": acceptance,
+        "from_draft": from_draft,
+        "identical": identical,
     }
 
 
@@ -167,12 +161,15 @@ def _print(model, rows: list[dict], args) -> None:
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     for r in rows:
         same = "-" if r["identical"] is None else ("yes" if r["identical"] else "NO")
+        name = r["drafter"] if len(r["drafter"]) < 24 else "..." + r["drafter"][-21:]
+        ratio = fmt(r["ratio"], ".2f") + ("x" if r["ratio"] else "")
         t.add_row(
-            r["drafter"],
+            name,
             r["prompt_class"],
             fmt(r["decode_tps"], ".1f"),
-            fmt(r["ratio"], ".2f") + ("x" if r["ratio"] else ""),
+            ratio,
             fmt(r["acceptance"], ".0%"),
+            fmt(r["from_draft"], ".0%"),
             same,
         )
     Console().print(t)

@@ -198,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draft", default=None, help="compare drafters instead: lookup,auto,self:4,DRAFT_FOLDER or all")
     p.add_argument("--draft-model", default=None, help="with --draft all: also bench this draft model folder")
     p.add_argument("--temperature", type=float, default=0.0, help="with --draft: sample at this temperature (seed 0)")
+    p.add_argument(
+        "--draft-length",
+        type=int,
+        default=None,
+        help="with --draft: draft exactly N tokens per step (default adaptive; mlx-lm gets N, else 4)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
     return parser

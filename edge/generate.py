@@ -81,11 +81,13 @@ def stream_events(
     cancel: threading.Event | None = None,
     eos: set[int] | None = None,
     drafter=None,
+    draft_length=None,
 ) -> Iterator[Event]:
     """Generate from `prompt` whose first `reused` tokens are already in `cache`; yield Token... then Done.
 
     `eos` overrides the tokenizer's end-of-sequence ids (the benchmark passes an empty set). With a
     `drafter` (see `edge.speculative`), tokens come from speculative decoding; the output is the same.
+    `draft_length` (a `DraftLength`) overrides the adaptive draft-length controller.
     """
     context_limit = model.context_length
     if len(prompt) >= context_limit:
@@ -114,7 +116,16 @@ def stream_events(
 
         stats.draft = DraftStats(drafter.name)
         ids_stream = speculative_token_stream(
-            model.module, prompt[reused:], cache, sampling, processors, max_tokens, prompt, drafter, stats.draft
+            model.module,
+            prompt[reused:],
+            cache,
+            sampling,
+            processors,
+            max_tokens,
+            prompt,
+            drafter,
+            stats.draft,
+            draft_length,
         )
     else:
         ids_stream = token_stream(

@@ -187,6 +187,25 @@ async def test_bad_settings_are_refused_with_a_message(tiny, tmp_path):
         assert isinstance(app.screen, SettingsScreen)  # still open: top_p 0 is refused
 
 
+async def test_settings_refuse_an_incompatible_draft_model(tiny, tmp_path):
+    import builders
+
+    from edge.converters import convert
+
+    builders.write_hf_model(tmp_path / "other-hf", "llama", tok=builders.build_tokenizer(300))  # another vocabulary
+    convert(tmp_path / "other-hf", tmp_path / "other", progress=False)
+    app = make_app(tiny, tmp_path)
+    async with app.run_test() as pilot:
+        await wait_for(pilot, lambda: app.session is not None)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        app.screen.query_one("#draft_model").value = str(tmp_path / "other")
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, SettingsScreen)  # refused: different vocabulary
+        assert app.store.get(app.current.id).settings.get("draft") != str(tmp_path / "other")
+
+
 async def test_model_picker_lists_converted_models(tiny, tmp_path, edge_home):
     import shutil
 

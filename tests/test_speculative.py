@@ -132,22 +132,9 @@ def test_rollback_leaves_the_cache_of_plain_decoding(target, other_model):
 
 
 def test_incompatible_draft_model_is_refused(target, tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
     from edge.converters import convert
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(
-        builders.CORPUS,
-        trainers.BpeTrainer(
-            vocab_size=300,
-            special_tokens=builders.SPECIALS,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        ),
-    )
-    builders.write_hf_model(tmp_path / "hf", "llama", tok=tok)
+    builders.write_hf_model(tmp_path / "hf", "llama", tok=builders.build_tokenizer(300))  # another vocabulary
     convert(tmp_path / "hf", tmp_path / "mlx", progress=False)
     with pytest.raises(edge.EdgeError, match="vocabulary"):
         make_drafter(str(tmp_path / "mlx"), target)

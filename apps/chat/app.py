@@ -194,7 +194,7 @@ class EdgeChatApp(App):
     @work(thread=True, exclusive=True, group="generate")
     def generate(self, user_text: str | None, view: MessageView, edit_index: int | None) -> None:
         assert self.session is not None
-        shown, started, pieces = "", time.perf_counter(), 0
+        shown, started, tokens = "", time.perf_counter(), 0
         try:
             for update in self.session.reply(user_text, edit_index=edit_index):
                 if update.notice:
@@ -204,12 +204,10 @@ class EdgeChatApp(App):
                     return
                 if len(update.text) > len(shown):
                     self.call_from_thread(self.query_one(ConversationView).append, view, update.text[len(shown) :])
-                    shown, pieces = update.text, pieces + 1
+                    shown, tokens = update.text, tokens + update.tokens
                     name = Path(self.model_path or "model").name
-                    self.call_from_thread(
-                        self.set_status,
-                        f"{name}  ·  streaming {pieces / max(time.perf_counter() - started, 1e-6):.1f} pieces/s",
-                    )
+                    live = tokens / max(time.perf_counter() - started, 1e-6)
+                    self.call_from_thread(self.set_status, f"{name}  ·  streaming, {live:.1f} tok/s")
         except edge.EdgeError as e:
             self.call_from_thread(self.notify, str(e), severity="error")
             self.call_from_thread(self._finish, view, None, shown)

@@ -31,6 +31,8 @@ class ReplyUpdate:
     text: str
     done: edge.Done | None = None
     notice: str | None = None
+    tokens: int = 0
+    """Tokens behind this update's new text (several per update when speculative drafts are accepted)."""
 
 
 class Session:
@@ -79,7 +81,7 @@ class Session:
                     if time.monotonic() - saved_at > SAVE_EVERY_S:  # what is shown is also on disk
                         message.content, saved_at = "".join(pieces), time.monotonic()
                         self.store.save_message(message)
-                    yield ReplyUpdate("".join(pieces))
+                    yield ReplyUpdate("".join(pieces), tokens=max(len(event.token_ids), 1))
                 elif isinstance(event, edge.Notice):
                     yield ReplyUpdate("".join(pieces), notice=event.message)
                 elif isinstance(event, edge.Done):

@@ -17,8 +17,6 @@ from .drafters import Drafter, ModelDrafter, PromptLookup, check_compatible, low
 if TYPE_CHECKING:
     from ..model import Model
 
-DraftSpec = "str | Path | Model | Drafter | None"
-
 
 def make_drafter(spec, target: Model) -> Drafter | None:
     """A drafter for `target` from a user's `draft=` value (None, 'none' and 'off' mean no drafting)."""
