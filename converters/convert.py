@@ -145,7 +145,7 @@ def convert(
     Args:
         src: a Hugging Face folder (config.json + safetensors), an MLX folder, or a .gguf file.
         out: the folder to create; refused if it exists unless `force`.
-        to: "mlx" (Core ML export is tracked in its own issue).
+        to: "mlx" (Core ML packages are not available in this version).
         bits: quantize linear and embedding layers to 2-8 bits; None keeps quantized sources
             (GGUF Q4_0/Q4_1/Q8_0) bit for bit and writes float sources in `dtype`.
         group_size: 32, 64 or 128 (default 32 for GGUF, 64 otherwise).
@@ -157,7 +157,7 @@ def convert(
         The `ConversionReport` (also saved in OUT/edge.json).
     """
     if to != "mlx":
-        raise EdgeError(f"--to {to} is not available yet: edge converts to 'mlx' (Core ML export is issue #5).")
+        raise EdgeError(f"--to {to} is not available in this version of edge; convert with --to mlx.")
     started = time.perf_counter()
     out = Path(out).expanduser().absolute()
     source = open_source(src)

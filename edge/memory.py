@@ -103,6 +103,14 @@ class MemoryPlan:
         d.update(kv_bytes=self.kv_bytes, needed_bytes=self.needed_bytes, fits=self.fits, max_context=self.max_context)
         return d
 
+    def __str__(self) -> str:
+        return (
+            f"{self.model}: weights {_gib(self.weights_bytes)} ({self.compute}) + KV cache {_gib(self.kv_bytes)} "
+            f"at {self.context} tokens + headroom {_gib(self.headroom_bytes)} = {_gib(self.needed_bytes)} of "
+            f"{_gib(self.available_bytes)} available: {'fits' if self.fits else 'does NOT fit'} "
+            f"(longest context here {self.max_context} of {self.model_context})"
+        )
+
     def advice(self) -> str:
         if self.fits:
             return "fits"

@@ -78,6 +78,7 @@ async def test_send_streams_a_reply_and_saves_it(tiny, tmp_path):
         assert stored[1].content == views[1].content and stored[1].stats["generation_tokens"] <= 12
         assert "tok/s" in str(app.query_one("#status").render())
         assert app.current.title == "Hello there"
+        assert app.store.get(app.current.id).model == str(tiny.path)
 
 
 async def test_escape_stops_the_reply_and_keeps_it(tiny, tmp_path):

@@ -63,3 +63,8 @@ def test_parse_bytes():
     assert parse_bytes("1000") == 1000
     with pytest.raises(edge.EdgeError):
         parse_bytes("lots")
+
+
+def test_plan_prints_as_one_readable_line(mlx_models):
+    text = str(edge.plan(mlx_models["llama"], context=100))
+    assert "KV cache" in text and "at 100 tokens" in text and "fits" in text and "\n" not in text

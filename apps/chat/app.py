@@ -123,6 +123,9 @@ class EdgeChatApp(App):
 
     def _model_ready(self, model: edge.Model, path: str) -> None:
         self.model, self.model_path = model, path
+        if self.current is not None and self.store is not None and self.current.model != path:
+            self.current.model = path  # the conversation remembers the model it talks to
+            self.store.update(self.current)
         self._open_session()
         self.set_status(f"{Path(path).name} ready ({model.plan.compute}, context {model.context_length})")
 
