@@ -31,6 +31,7 @@ _EXPORTS = {
     "Notice": ".events",
     "Done": ".events",
     "Stats": ".events",
+    "DraftStats": ".events",
     "Event": ".events",
     "EdgeError": ".errors",
     "ModelFormatError": ".errors",
@@ -51,6 +52,7 @@ __all__ = [
     "Notice",
     "Done",
     "Stats",
+    "DraftStats",
     "Event",
     "EdgeError",
     "ModelFormatError",
@@ -71,7 +73,7 @@ if TYPE_CHECKING:
         OutputExistsError,
         UnsupportedModelError,
     )
-    from .events import Done, Event, Notice, Stats, Token
+    from .events import Done, DraftStats, Event, Notice, Stats, Token
     from .memory import MemoryPlan
     from .model import Model, load, plan
     from .sampling import Sampling
