@@ -12,7 +12,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,7 +137,7 @@ def convert(
     dtype: str | None = None,
     dequantize: bool = False,
     force: bool = False,
-    progress: bool = True,
+    progress: bool | Callable[[str, int, int], None] = True,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> ConversionReport:
     """Convert a checkpoint to an MLX model folder.
@@ -151,6 +151,7 @@ def convert(
         group_size: 32, 64 or 128 (default 32 for GGUF, 64 otherwise).
         dtype: float16, bfloat16 or float32 for unquantized tensors, scales and biases.
         dequantize: write every weight in float, quantized sources included.
+        progress: a rich progress bar on stderr (True), nothing (False), or `fn(description, done, total)`.
         max_shard_bytes: largest safetensors shard.
 
     Returns:

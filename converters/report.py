@@ -97,9 +97,30 @@ def file_sha256(path: Path, advance: Callable[[int], None] = lambda n: None) -> 
     return h.hexdigest()
 
 
+class _CallbackProgress:
+    """The two verbs of rich's Progress that convert uses, reported to `fn(description, done, total)`."""
+
+    def __init__(self, fn: Callable[[str, int, int], None]):
+        self.fn, self.tasks = fn, []
+
+    def add_task(self, description: str, total: int) -> int:
+        self.tasks.append([description, 0, total])
+        self.fn(description, 0, total)
+        return len(self.tasks) - 1
+
+    def advance(self, task: int, n: int) -> None:
+        t = self.tasks[task]
+        t[1] += n
+        self.fn(*t)
+
+
 @contextmanager
-def progress_bar(enabled: bool = True):
-    """A rich progress bar over bytes (on stderr), or a silent stand-in."""
+def progress_bar(progress: bool | Callable[[str, int, int], None] = True):
+    """A rich progress bar over bytes (on stderr), a silent stand-in, or a callback (for the chat app)."""
+    if callable(progress):
+        yield _CallbackProgress(progress)
+        return
+    enabled = bool(progress)
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -139,3 +139,11 @@ def test_stories260k_float_reproduces_reference_story(stories260k, tmp_path):
     convert(stories260k, tmp_path / "f32", dtype="float32", progress=False)
     text = edge.load(tmp_path / "f32").generate("Once upon a time", max_tokens=30)
     assert text.startswith(", there was a little girl named Lily. She loved to play outside in the park.")
+
+
+def test_progress_callback_reports_bytes_to_the_total(hf_models, tmp_path):
+    seen = []
+    convert(hf_models["llama"], tmp_path / "m", progress=lambda what, done, total: seen.append((what, done, total)))
+    converting = [(d, t) for w, d, t in seen if w.startswith("converting")]
+    assert converting[0][0] == 0 and converting[-1][0] == converting[-1][1] > 0
+    assert all(a[0] <= b[0] for a, b in zip(converting, converting[1:], strict=False))

