@@ -146,3 +146,19 @@ def test_stats_are_filled(llama):
     assert s.generation_tokens == len(done.token_ids) - (done.reason == "eos")
     assert s.ttft_s > 0 and s.prompt_tps > 0 and s.total_s >= s.ttft_s
     assert s.context_limit == llama.context_length
+
+
+def test_model_without_chat_template_gets_a_plain_layout_and_a_warning(hf_models, tokenizer, tmp_path):
+    import builders
+
+    from edge.converters import convert
+
+    builders.write_hf_model(tmp_path / "hf", "llama", tok=tokenizer)
+    builders.write_tokenizer(tmp_path / "hf", tokenizer, chat_template=None)
+    convert(tmp_path / "hf", tmp_path / "mlx", progress=False)
+    model = edge.load(tmp_path / "mlx")
+    assert not model.tokenizer.has_chat_template
+    with pytest.warns(UserWarning, match="no chat template"):
+        ids = model.encode([{"role": "user", "content": "Hello"}])
+    assert model.tokenizer.decode(ids) == "user: Hello\nassistant:"
+    assert list(model.stream([{"role": "user", "content": "Hi"}], max_tokens=3))[-1].reason in ("length", "eos")
