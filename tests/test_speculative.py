@@ -281,3 +281,41 @@ def test_adaptive_length_turns_off_a_drafter_that_cannot_pay():
         good.record(4, 4, t_draft=0.0001, t_verify=0.011)
     assert good.choose(64) >= 4
     assert good.choose(2) <= 2
+
+
+# ---- auto: prompt lookup, then a second drafter while it pays ----
+
+
+@pytest.mark.parametrize("second", ["self:8", "other"])
+def test_auto_with_a_second_drafter_is_exact(target, other_model, second):
+    spec = f"auto:{other_model.path}" if second == "other" else f"auto:{second}"
+    for prompt in ("Once upon a time", REPEAT):
+        plain, _ = greedy_ids(target, prompt, max_tokens=32)
+        ids, done = greedy_ids(target, prompt, draft=spec, max_tokens=32)
+        assert ids == plain and done.stats.draft.drafter.startswith("auto+")
+
+
+class SlowDrafter(ModelDrafter):
+    """A drafter that costs far more per token than a target step: auto must stop asking it."""
+
+    def propose(self, tokens, k, distribution):
+        import time
+
+        time.sleep(0.05)
+        return super().propose(tokens, k, distribution)
+
+
+def test_auto_stops_using_a_second_drafter_that_does_not_pay(target):
+    from edge.speculative import AutoDrafter
+
+    auto = AutoDrafter(SlowDrafter(target.module, "slow"))
+    prompt = target.encode("Once upon a time")
+    done = done_of(stream_events(target, prompt, target.make_cache(), Sampling(max_tokens=40), eos=set(), drafter=auto))
+    assert done.token_ids == greedy_ids(target, prompt, max_tokens=40)[0]
+    assert 1 <= auto.second_steps <= 2  # measured once (plus at most a probe), then not asked again
+    assert not auto.second_pays(4)  # 50 ms a proposal against a ~1 ms target step
+
+
+def test_auto_spec_errors():
+    with pytest.raises(edge.EdgeError, match="after 'auto:'"):
+        make_drafter("auto:lookup", None)

@@ -2,7 +2,8 @@
 
 `make_drafter(spec, model)` turns what a user writes (`draft=` on `generate`, `stream`, `Chat`; `--draft`
 on the CLI) into a drafter: "lookup" (prompt lookup), "auto" (prompt lookup with adaptive length),
-"self" / "self:3" (the target quantized in memory to 4 / 3 bits), a draft model folder or `Model`.
+"auto:SPEC" (prompt lookup, then SPEC where lookup has nothing, while SPEC is measured to pay), "self" /
+"self:3" (the target quantized in memory to 4 / 3 bits), a draft model folder or `Model`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import EdgeError
 from .adaptive import DraftLength
+from .auto import AutoDrafter
 from .drafters import Drafter, ModelDrafter, PromptLookup, check_compatible, lower_bit_copy
 
 if TYPE_CHECKING:
@@ -24,8 +26,13 @@ def make_drafter(spec, target: Model) -> Drafter | None:
 
     if spec is None or spec in ("none", "off", "plain"):
         return None
-    if isinstance(spec, str) and spec in ("lookup", "auto"):
+    if spec == "lookup":
         return PromptLookup(name=spec)
+    if isinstance(spec, str) and (spec == "auto" or spec.startswith("auto:")):
+        rest = spec.partition(":")[2]
+        if rest in ("auto", "lookup") or rest.startswith("auto:"):
+            raise EdgeError(f"draft='{spec}': after 'auto:' name a draft model folder or self[:bits].")
+        return AutoDrafter(make_drafter(rest, target) if rest else None)
     if isinstance(spec, str) and (spec == "self" or spec.startswith("self:")):
         bits = int(spec.partition(":")[2] or 4)
         if bits not in (2, 3, 4, 6, 8):
@@ -33,7 +40,7 @@ def make_drafter(spec, target: Model) -> Drafter | None:
         return lower_bit_copy(target, bits)
     if isinstance(spec, (str, Path)):
         if not Path(spec).expanduser().is_dir():
-            raise EdgeError(f"draft='{spec}' is not 'lookup', 'auto', 'self[:bits]' or a model folder.")
+            raise EdgeError(f"draft='{spec}' is not 'lookup', 'auto', 'auto:SPEC', 'self[:bits]' or a model folder.")
         spec = load(spec)
     if isinstance(spec, Model):
         check_compatible(target, spec)

@@ -55,6 +55,8 @@ def speculative_token_stream(
     if not can_trim_prompt_cache(cache):
         raise EdgeError("this model's KV cache cannot roll back (recurrent or rotating layers); use draft=None.")
     controller = controller or DraftLength(k_start=getattr(drafter, "first_k", 1))
+    if hasattr(drafter, "attach"):
+        drafter.attach(controller)  # auto's second drafter is judged with the loop's measured verify costs
     distribution = make_distribution(sampling)
     rng = np.random.default_rng(sampling.seed)
     tokens = list(history)  # settled tokens; the last one is not yet in the target cache
@@ -77,7 +79,7 @@ def speculative_token_stream(
         if len(drafts) > n:
             trim_prompt_cache(cache, len(drafts) - n)  # roll back the rejected positions
         end = time.perf_counter()
-        controller.record(len(drafts), n, mid - start, end - mid)
+        controller.record(len(drafts), n, mid - start - getattr(drafter, "self_accounted_s", 0.0), end - mid)
         stats.record(len(drafts), n, mid - start, end - mid)
         new = drafts[:n] + [nxt]
         tokens += new

@@ -1,0 +1,87 @@
+"""`draft="auto"`: prompt lookup always; when it has nothing to propose, a second drafter (a draft model or the
+lower-bit self-draft, `draft="auto:self:4"` or `"auto:PATH"`) while that second drafter is measured to pay.
+
+The second drafter's acceptance is measured here, from the history the target settled on (how many of its
+drafts survived); its draft cost is timed here; the verify costs come from the loop's own controller. It is
+used only while its expected tokens per second beat plain decoding, and re-probed now and then.
+"""
+
+from __future__ import annotations
+
+import time
+
+import mlx.core as mx
+
+from .adaptive import DraftLength
+from .drafters import PromptLookup
+
+
+class AutoDrafter:
+    probe_every = 32
+
+    def __init__(self, second=None):
+        self.lookup = PromptLookup(name="lookup")
+        self.second = second
+        self.name = "auto" if second is None else f"auto+{second.name}"
+        self.first_k = self.lookup.first_k
+        self.controller: DraftLength | None = None
+        self.successes, self.trials = 3.0, 5.0  # the second drafter's acceptance, as in DraftLength
+        self.t_second: float | None = None
+        self.skipped = 0
+        self._pending: tuple[int, list[int]] | None = None
+        self.second_steps = 0
+        self.self_accounted_s = 0.0
+        """Seconds of the last proposal spent in the second drafter: auto judges that cost itself, so the
+        loop's controller (which would switch lookup off too) does not count it."""
+
+    def attach(self, controller: DraftLength) -> None:
+        """The loop's controller, whose measured verify costs decide whether the second drafter pays."""
+        self.controller = controller
+
+    def prepare(self, tokens: list[int]) -> None:
+        if self.second is not None:
+            self.second.prepare(tokens)
+
+    def sync(self, tokens: list[int]) -> None:
+        self._account(tokens)
+        if self.second is not None:
+            self.second.sync(tokens)
+
+    def _account(self, tokens: list[int]) -> None:
+        """Count how many of the second drafter's last drafts the target kept."""
+        if self._pending is None or len(tokens) <= self._pending[0]:
+            return
+        start, drafts = self._pending
+        kept = 0
+        while kept < len(drafts) and start + kept < len(tokens) and tokens[start + kept] == drafts[kept]:
+            kept += 1
+        self.successes = 0.8 * self.successes + kept
+        self.trials = 0.8 * self.trials + kept + (kept < len(drafts))
+        self._pending = None
+
+    def second_pays(self, k: int) -> bool:
+        c = self.controller
+        if c is None or c.t0 is None or self.t_second is None:
+            return True  # not measured yet: try it
+        a = min(self.successes / max(self.trials, 1e-9), 0.999)
+        rate = ((1 - a ** (k + 1)) / (1 - a)) / (k * self.t_second + c.t0 + k * (c.t_extra or 0.0))
+        return rate > 1.02 / c.t0
+
+    def propose(self, tokens: list[int], k: int, distribution) -> tuple[list[int], mx.array | None]:
+        self._account(tokens)
+        self.self_accounted_s = 0.0
+        drafts, _ = self.lookup.propose(tokens, k)
+        if drafts or self.second is None or k <= 0:
+            return drafts, None
+        if not self.second_pays(k):
+            self.skipped += 1
+            if self.skipped % self.probe_every:
+                return [], None
+        start = time.perf_counter()
+        drafts, q = self.second.propose(tokens, k, distribution)
+        self.self_accounted_s = time.perf_counter() - start
+        per_token = self.self_accounted_s / max(len(drafts), 1)
+        self.t_second = per_token if self.t_second is None else 0.8 * self.t_second + 0.2 * per_token
+        self._pending = (len(tokens), drafts)
+        self.second_steps += 1
+        return drafts, q
