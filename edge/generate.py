@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import mlx.core as mx
 
+from .errors import EdgeError
 from .events import Done, DraftStats, Event, Stats, StopReason, Token
 from .sampling import LogitsProcessor, Sampler, Sampling, make_processors, make_sampler
 from .tokenizer import StopMatcher
@@ -91,7 +92,7 @@ def stream_events(
     """
     context_limit = model.context_length
     if len(prompt) >= context_limit:
-        raise ValueError(f"the prompt has {len(prompt)} tokens; the context holds {context_limit}")
+        raise EdgeError(f"the prompt has {len(prompt)} tokens; the context holds {context_limit}: shorten it.")
     room = context_limit - len(prompt)
     max_tokens = min(sampling.max_tokens, room)
     if sampling.seed is not None:
