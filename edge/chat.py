@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+from .cache import common_prefix, offset, trim_to
 from .errors import EdgeError
 from .events import Done, Event, Notice, Stats, Token
 from .generate import stream_events
@@ -17,14 +18,6 @@ from .memory import wired_limit
 from .model import Model
 from .sampling import Sampling
 from .tokenizer import Message
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class Chat:
@@ -104,15 +97,9 @@ class Chat:
 
     def _reuse(self, ids: list[int]) -> int:
         """Trim the cache to the longest prefix it shares with `ids` (at least one token left to feed)."""
-        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
-
         keep = min(common_prefix(self._cached, ids), len(ids) - 1)
-        extra = self._cache[0].offset - keep if self._cache else 0
-        if extra > 0:
-            if can_trim_prompt_cache(self._cache):
-                trim_prompt_cache(self._cache, extra)
-            else:
-                self._cache, keep = self.model.make_cache(), 0
+        if not trim_to(self._cache, keep):  # a cache that cannot roll back starts over
+            self._cache, keep = self.model.make_cache(), 0
         self._cached = self._cached[:keep]
         return keep
 
@@ -140,12 +127,8 @@ class Chat:
                         self.last_stats = event.stats
                     yield event
         finally:
-            held = self._cache[0].offset if self._cache else 0
             generated = list(done.token_ids) if done else []
-            self._cached = (ids + generated)[:held]
-            if len(self._cached) < held:  # stopped early: ids fed but not known here; forget them
-                from mlx_lm.models.cache import trim_prompt_cache
-
-                trim_prompt_cache(self._cache, held - len(self._cached))
+            self._cached = (ids + generated)[: offset(self._cache)]
+            trim_to(self._cache, len(self._cached))  # stopped early: positions fed but not known here go
             reply = done.text if done else "".join(pieces)
             self.messages.append({"role": "assistant", "content": reply})

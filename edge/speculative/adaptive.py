@@ -13,6 +13,31 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class Acceptance:
+    """Per-token acceptance probability from decayed counts. Drafting stops at the first rejection, so the
+    positions examined are the trials (the geometric maximum-likelihood estimate)."""
+
+    successes: float = 3.0
+    trials: float = 5.0
+    """A prior of 0.6."""
+    decay: float = 0.8
+
+    def record(self, drafted: int, accepted: int) -> None:
+        self.successes = self.decay * self.successes + accepted
+        self.trials = self.decay * self.trials + accepted + (accepted < drafted)
+
+    @property
+    def value(self) -> float:
+        return self.successes / max(self.trials, 1e-9)
+
+
+def expected_rate(acceptance: float, k: int, t_draft: float, t0: float, t_extra: float) -> float:
+    """Expected tokens per second of steps that draft k tokens (k = 0: plain decoding, 1 / t0)."""
+    a = min(acceptance, 0.999)
+    return ((1 - a ** (k + 1)) / (1 - a)) / (k * t_draft + t0 + k * t_extra)
+
+
+@dataclass
 class DraftLength:
     k_max: int = 8
     k_start: int = 1
@@ -20,9 +45,7 @@ class DraftLength:
     probe_every: int = 16
     decay: float = 0.8
     """Weight of the past in the moving averages."""
-    successes: float = 3.0
-    trials: float = 5.0
-    """Decayed counts of accepted drafts and of drafts examined (a prior of 0.6 acceptance)."""
+    accepts: Acceptance = field(default_factory=Acceptance)
     t0: float | None = None
     """Seconds of a target pass over one position (a plain step)."""
     t_extra: float | None = None
@@ -37,7 +60,7 @@ class DraftLength:
     @property
     def acceptance(self) -> float:
         """Estimated probability that one drafted token is accepted."""
-        return self.successes / max(self.trials, 1e-9)
+        return self.accepts.value
 
     def _avg(self, old: float | None, new: float) -> float:
         return new if old is None else self.decay * old + (1 - self.decay) * new
@@ -51,9 +74,8 @@ class DraftLength:
         if self.t_extra is None:  # never drafted yet: measure it
             return min(self.k_start, limit)
         best_k, best_rate = 0, 1.0 / self.t0
-        a = min(self.acceptance, 0.999)
         for k in range(1, min(self.k_max, limit) + 1):
-            rate = ((1 - a ** (k + 1)) / (1 - a)) / (k * (self.t_draft or 0.0) + self.t0 + k * self.t_extra)
+            rate = expected_rate(self.acceptance, k, self.t_draft or 0.0, self.t0, self.t_extra)
             if rate > best_rate * 1.02:  # demand a small margin: noise should not switch drafting on
                 best_k, best_rate = k, rate
         if best_k == 0:
@@ -71,9 +93,7 @@ class DraftLength:
             self.t0 = self._avg(self.t0, t_verify)
             return
         self.history[accepted] = self.history.get(accepted, 0) + 1
-        # Drafting stops at the first rejection, so the positions examined are the trials.
-        self.successes = self.decay * self.successes + accepted
-        self.trials = self.decay * self.trials + accepted + (accepted < drafted)
+        self.accepts.record(drafted, accepted)
         self.t_draft = self._avg(self.t_draft, t_draft / drafted)
         base = self.t0 if self.t0 is not None else t_verify / (1 + 0.25 * drafted)
         self.t_extra = self._avg(self.t_extra, max(t_verify - base, 0.0) / drafted)

@@ -12,7 +12,7 @@ import time
 
 import mlx.core as mx
 
-from .adaptive import DraftLength
+from .adaptive import Acceptance, DraftLength, expected_rate
 from .drafters import PromptLookup
 
 
@@ -25,7 +25,7 @@ class AutoDrafter:
         self.name = "auto" if second is None else f"auto+{second.name}"
         self.first_k = self.lookup.first_k
         self.controller: DraftLength | None = None
-        self.successes, self.trials = 3.0, 5.0  # the second drafter's acceptance, as in DraftLength
+        self.accepts = Acceptance()  # the second drafter's, measured from the settled history
         self.t_second: float | None = None
         self.skipped = 0
         self._pending: tuple[int, list[int]] | None = None
@@ -55,17 +55,14 @@ class AutoDrafter:
         kept = 0
         while kept < len(drafts) and start + kept < len(tokens) and tokens[start + kept] == drafts[kept]:
             kept += 1
-        self.successes = 0.8 * self.successes + kept
-        self.trials = 0.8 * self.trials + kept + (kept < len(drafts))
+        self.accepts.record(len(drafts), kept)
         self._pending = None
 
     def second_pays(self, k: int) -> bool:
         c = self.controller
         if c is None or c.t0 is None or self.t_second is None:
             return True  # not measured yet: try it
-        a = min(self.successes / max(self.trials, 1e-9), 0.999)
-        rate = ((1 - a ** (k + 1)) / (1 - a)) / (k * self.t_second + c.t0 + k * (c.t_extra or 0.0))
-        return rate > 1.02 / c.t0
+        return expected_rate(self.accepts.value, k, self.t_second, c.t0, c.t_extra or 0.0) > 1.02 / c.t0
 
     def propose(self, tokens: list[int], k: int, distribution) -> tuple[list[int], mx.array | None]:
         self._account(tokens)

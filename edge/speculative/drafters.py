@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import mlx.core as mx
 import numpy as np
 
+from ..cache import common_prefix, trim_to
 from ..errors import EdgeError
 
 if TYPE_CHECKING:
@@ -87,14 +88,9 @@ class ModelDrafter:
             self.cached = list(tokens[:-1])
 
     def sync(self, tokens: list[int]) -> None:
-        from mlx_lm.models.cache import trim_prompt_cache
-
-        from ..chat import common_prefix
-
         keep = common_prefix(self.cached, tokens)
-        if len(self.cached) > keep:
-            trim_prompt_cache(self.cache, len(self.cached) - keep)
-            self.cached = self.cached[:keep]
+        trim_to(self.cache, keep)  # trimmable: checked in __init__
+        self.cached = self.cached[:keep]
 
     def propose(self, tokens: list[int], k: int, distribution) -> tuple[list[int], mx.array | None]:
         """Draft k tokens; the cache ends holding tokens + all drafts but the last (not yet fed)."""
