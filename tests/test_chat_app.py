@@ -60,6 +60,12 @@ async def send(pilot, app: EdgeChatApp, text: str) -> None:
     await wait_for(pilot, lambda: len(views(app)) >= before + 2)
 
 
+async def open_settings(pilot, app: EdgeChatApp) -> None:
+    await wait_for(pilot, lambda: app.session is not None)
+    await pilot.press("ctrl+s")
+    await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+
+
 async def wait_reply(pilot, app: EdgeChatApp) -> None:
     await wait_for(pilot, lambda: not app.generating)
     await pilot.pause(0.1)
@@ -161,9 +167,7 @@ async def test_export_writes_markdown(tiny, tmp_path):
 async def test_settings_change_the_next_reply(tiny, tmp_path):
     app = make_app(tiny, tmp_path, settings={"max_tokens": 40})
     async with app.run_test() as pilot:
-        await wait_for(pilot, lambda: app.session is not None)
-        await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        await open_settings(pilot, app)
         app.screen.query_one("#max_tokens").value = "3"
         app.screen.query_one("#system").text = "You are terse."
         await pilot.press("ctrl+s")
@@ -179,9 +183,7 @@ async def test_settings_change_the_next_reply(tiny, tmp_path):
 async def test_bad_settings_are_refused_with_a_message(tiny, tmp_path):
     app = make_app(tiny, tmp_path)
     async with app.run_test() as pilot:
-        await wait_for(pilot, lambda: app.session is not None)
-        await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        await open_settings(pilot, app)
         app.screen.query_one("#top_p").value = "0"
         await pilot.press("ctrl+s")
         await pilot.pause(0.2)
@@ -197,9 +199,7 @@ async def test_settings_refuse_an_incompatible_draft_model(tiny, tmp_path):
     convert(tmp_path / "other-hf", tmp_path / "other", progress=False)
     app = make_app(tiny, tmp_path)
     async with app.run_test() as pilot:
-        await wait_for(pilot, lambda: app.session is not None)
-        await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        await open_settings(pilot, app)
         app.screen.query_one("#draft_model").value = str(tmp_path / "other")
         await pilot.press("ctrl+s")
         await pilot.pause(0.3)
