@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from edge.architecture import skeleton
@@ -34,6 +35,8 @@ DEFAULT_SHARD_BYTES = 5 * 2**30
 class ConvertPlan:
     source: Source
     recipe: rcp.Recipe
+    model: nn.Module
+    """The architecture's lazy skeleton (shapes and `sanitize`, no weights)."""
     tensors: list[rcp.TensorPlan] = field(default_factory=list)
 
 
@@ -62,7 +65,7 @@ def plan(source: Source, recipe: rcp.Recipe) -> ConvertPlan:
     model = skeleton(source.config, source.path)
     expected = {k: v.shape for k, v in tree_flatten(model.parameters())}
     quantizable = {f"{p}.weight" for p, m in model.named_modules() if hasattr(m, "to_quantized")}
-    out = ConvertPlan(source, recipe)
+    out = ConvertPlan(source, recipe, model)
     seen: set[str] = set()
     where = source.path.name
     for st in source.tensors:
@@ -112,13 +115,17 @@ def _output_config(p: ConvertPlan) -> dict:
     return config
 
 
+def read_tensor(p: ConvertPlan, t: rcp.TensorPlan) -> mx.array | rcp.Quantized:
+    """One source tensor under its output name (the architecture's `sanitize` applied to float tensors)."""
+    value = p.source.read(t.source.name)
+    if t.name != t.source.name and not isinstance(value, rcp.Quantized):
+        value = p.model.sanitize({t.source.name: value})[t.name]
+    return value
+
+
 def _arrays(p: ConvertPlan, report: ConversionReport, advance) -> Iterator[tuple[str, mx.array]]:
-    model = None
     for t in p.tensors:
-        value = p.source.read(t.source.name)
-        if t.name != t.source.name and not isinstance(value, rcp.Quantized):
-            model = model or skeleton(p.source.config, p.source.path)
-            value = model.sanitize({t.source.name: value})[t.name]
+        value = read_tensor(p, t)
         applied = rcp.apply(t, value)
         report.add(t, applied)
         yield from applied.arrays
@@ -139,26 +146,45 @@ def convert(
     force: bool = False,
     progress: bool | Callable[[str, int, int], None] = True,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-) -> ConversionReport:
-    """Convert a checkpoint to an MLX model folder.
+    palettize: int | None = None,
+    context: int | None = None,
+    verify: bool = True,
+):
+    """Convert a checkpoint to an MLX model folder, or to a Core ML package with to="coreml".
 
     Args:
         src: a Hugging Face folder (config.json + safetensors), an MLX folder, or a .gguf file.
         out: the folder to create; refused if it exists unless `force`.
-        to: "mlx" (Core ML packages are not available in this version).
+        to: "mlx" (an mlx-lm compatible folder) or "coreml" (a stateful .mlpackage for iOS 18 / macOS 15).
         bits: quantize linear and embedding layers to 2-8 bits; None keeps quantized sources
             (GGUF Q4_0/Q4_1/Q8_0) bit for bit and writes float sources in `dtype`.
+            For Core ML: 4 (int4 per block of 32), 8 (int8 per channel) or None (fp16).
         group_size: 32, 64 or 128 (default 32 for GGUF, 64 otherwise).
         dtype: float16, bfloat16 or float32 for unquantized tensors, scales and biases.
         dequantize: write every weight in float, quantized sources included.
         progress: a rich progress bar on stderr (True), nothing (False), or `fn(description, done, total)`.
         max_shard_bytes: largest safetensors shard.
+        palettize: Core ML only: 4 or 6-bit look-up tables instead of `bits`.
+        context: Core ML only: tokens the package's KV-cache state holds (default 2048).
+        verify: Core ML only: evaluate the saved program against the MLX model (NumPy) and report it.
 
     Returns:
-        The `ConversionReport` (also saved in OUT/edge.json).
+        The `ConversionReport` (also saved in OUT/edge.json), or a `CoreMLReport` for Core ML.
     """
+    if to == "coreml":
+        from .coreml.export import convert_coreml
+
+        if group_size is not None or dtype is not None or dequantize:
+            raise EdgeError(
+                "--group-size, --dtype and --dequantize apply to MLX folders; Core ML uses --bits/--palettize."
+            )
+        return convert_coreml(
+            src, out, bits=bits, palettize=palettize, context=context, verify=verify, force=force, progress=progress
+        )
     if to != "mlx":
-        raise EdgeError(f"--to {to} is not available in this version of edge; convert with --to mlx.")
+        raise EdgeError(f"--to {to} is not a target; choose mlx or coreml.")
+    if palettize is not None or context is not None:
+        raise EdgeError("--palettize and --context apply to Core ML packages (--to coreml).")
     started = time.perf_counter()
     out = Path(out).expanduser().absolute()
     source = open_source(src)
@@ -187,14 +213,14 @@ def convert(
             (tmp / name).write_bytes(content)
         report.finish(bytes_out=total, files=sorted(set(weight_map.values())), seconds=time.perf_counter() - started)
         (tmp / "edge.json").write_text(json.dumps(report.as_dict(), indent=2))
-        _move_into_place(tmp, out)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
+def move_into_place(tmp: Path, out: Path) -> None:
     if out.exists():  # --force: swap, then delete the old one
         old = out.with_name(f".{out.name}.old-{time.time_ns()}")
         out.rename(old)

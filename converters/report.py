@@ -69,9 +69,6 @@ class ConversionReport:
         return d
 
     def table(self) -> Table:
-        t = Table(title="conversion", show_header=False)
-        t.add_column(style="bold")
-        t.add_column()
         err = self.quantized_relative_rms_error
         rows = [
             ("source", f"{self.source} ({self.source_kind})"),
@@ -83,9 +80,17 @@ class ConversionReport:
             ("quantization error", "none (kept bit for bit or float)" if err is None else f"relative RMS {err:.4f}"),
             ("seconds", f"{self.seconds:.1f}"),
         ]
-        for k, v in rows:
-            t.add_row(k, v)
-        return t
+        return key_value_table("conversion", rows)
+
+
+def key_value_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    """The two-column summary a conversion prints."""
+    t = Table(title=title, show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
 
 
 def file_sha256(path: Path, advance: Callable[[int], None] = lambda n: None) -> str:

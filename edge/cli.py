@@ -1,4 +1,4 @@
-"""The `edge` command: convert, generate, chat, info, bench. Each subcommand parses, calls the public API
+"""The `edge` command: convert, verify, generate, chat, info, bench. Each subcommand parses, calls the public API
 the way a user would, and prints; heavy modules are imported inside the command that needs them."""
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ def cmd_convert(a: argparse.Namespace) -> int:
         dequantize=a.dequantize,
         force=a.force,
         progress=not a.json and sys.stderr.isatty(),
+        palettize=a.palettize,
+        context=a.context,
+        verify=a.verify,
     )
     if a.json:
         print(json.dumps(report.as_dict(), indent=2))
@@ -74,6 +77,17 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
         Console(stderr=True).print(report.table())
         print(a.output)
+    return 0
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    from .coreml.verify import verify_package
+
+    result = verify_package(a.package, a.against)
+    if a.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(result)
     return 0
 
 
@@ -141,21 +155,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("convert", help="convert a Hugging Face folder or GGUF file to an MLX model folder")
+    p = sub.add_parser("convert", help="convert a Hugging Face folder or GGUF file to an MLX folder or Core ML package")
     p.add_argument("src", help="Hugging Face / MLX model folder, or .gguf file")
     p.add_argument("-o", "--output", required=True, help="the folder to create")
     p.add_argument("--to", default="mlx", choices=["mlx", "coreml"])
     p.add_argument(
-        "--bits", type=int, default=None, help="2, 3, 4, 5, 6 or 8 (default: keep GGUF quantization, else float)"
+        "--bits",
+        type=int,
+        default=None,
+        help="2, 3, 4, 5, 6 or 8 (default: keep GGUF quantization, else float); Core ML: 4 or 8 (default fp16)",
     )
     p.add_argument("--group-size", type=int, default=None, help="32, 64 or 128 (default 32 for GGUF, else 64)")
     p.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"])
     p.add_argument(
         "--dequantize", action="store_true", help="write float weights (in --dtype), quantized sources included"
     )
+    p.add_argument("--palettize", type=int, default=None, help="Core ML: 4 or 6-bit look-up tables")
+    p.add_argument("--context", type=int, default=None, help="Core ML: tokens the KV-cache state holds (2048)")
+    p.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Core ML: evaluate the saved program against the MLX model (default on)",
+    )
     p.add_argument("--force", action="store_true", help="replace the output if it exists")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("verify", help="check a Core ML package against an MLX model (NumPy evaluation, any OS)")
+    p.add_argument("package", help="a .mlpackage made by edge convert --to coreml")
+    p.add_argument("--against", required=True, help="the MLX model folder to compare with")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("generate", help="generate text from a prompt")
     p.add_argument("model", nargs="?", help="MLX model folder (default: SmolLM2-135M-Instruct)")

@@ -11,6 +11,7 @@ from . import blas
 from .architecture import TESTED, parameter_count, skeleton
 from .errors import UnsupportedModelError
 from .memory import kv_bytes_per_token, make_plan
+from .model import is_package
 
 SCALE_OVERHEAD_BITS = 0.5  # fp16 scale + bias per group of 64 weights
 
@@ -21,6 +22,8 @@ def describe(path: str | Path, context: int | None = None) -> dict:
     from .model import on_cpu
 
     info: dict = {"path": str(Path(path).expanduser())}
+    if is_package(path):
+        return _describe_package(path, info)
     try:
         src = open_source(path)
         config = src.config
@@ -56,6 +59,30 @@ def describe(path: str | Path, context: int | None = None) -> dict:
     return info
 
 
+def _describe_package(path: str | Path, info: dict) -> dict:
+    """A Core ML package: its contract, compression and report (from its files; Core ML is not needed)."""
+    import json
+
+    from .coreml.backend import coreml_available
+    from .coreml.contract import META_COMPRESSION
+    from .coreml.package import open_package
+
+    pkg = open_package(path)
+    report = pkg.tokenizer_dir / "edge.json"
+    info.update(
+        source="coreml",
+        model_type=pkg.config.get("model_type"),
+        supported=True,
+        context_length=pkg.context,
+        state_shape=list(pkg.state_shape),
+        compression=pkg.metadata.get(META_COMPRESSION),
+        package_bytes=sum(f.stat().st_size for f in pkg.path.rglob("*") if f.is_file()),
+        coreml_here=coreml_available() or "available",
+        report=json.loads(report.read_text()) if report.is_file() else None,
+    )
+    return info
+
+
 def render(info: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -63,6 +90,21 @@ def render(info: dict) -> None:
     console = Console()
     if not info.get("supported"):
         console.print(f"[bold]{info['path']}[/]: [red]not supported[/]: {info.get('reason')}")
+        return
+    if info["source"] == "coreml":
+        t = Table(title=f"{info['path']} (Core ML package, {info['model_type']})", show_header=False)
+        t.add_column(style="bold")
+        t.add_column()
+        verification = (info.get("report") or {}).get("verification")
+        for k, v in (
+            ("weights", info["compression"]),
+            ("size", f"{info['package_bytes'] / 2**20:,.1f} MiB"),
+            ("context", f"{info['context_length']} tokens (state {info['state_shape']})"),
+            ("verified", "no report" if not verification else f"top-1 {verification['top1_agreement']:.1%} vs MLX"),
+            ("Core ML here", info["coreml_here"]),
+        ):
+            t.add_row(k, str(v))
+        console.print(t)
         return
     mib = lambda n: f"{n / 2**20:,.0f} MiB"  # noqa: E731
     p = info["plan"]

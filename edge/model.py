@@ -147,19 +147,30 @@ class Model:
         }
 
 
-def load(path: str | Path, *, context: int | None = None, compute: str = "auto") -> Model:
-    """Load a converted (MLX) model folder.
+def is_package(path: str | Path) -> bool:
+    p = Path(path).expanduser()
+    return p.suffix == ".mlpackage" or (p / "Manifest.json").is_file()
+
+
+def load(path: str | Path, *, context: int | None = None, compute: str = "auto", engine: str = "coreml") -> Model:
+    """Load a converted model: an MLX folder, or a Core ML package (.mlpackage).
 
     Args:
-        path: a folder made by `edge convert` or `mlx_lm.convert`.
+        path: a folder made by `edge convert` or `mlx_lm.convert`, or a package made by `edge convert --to coreml`.
         context: the most tokens one conversation may hold (default: the model's own limit).
-        compute: 'auto' (fp32 on a CPU when it fits, else as stored), 'float32' or 'native'.
+        compute: MLX folders: 'auto' (fp32 on a CPU when it fits, else as stored), 'float32' or 'native'.
+        engine: Core ML packages: 'coreml' (Core ML itself, macOS 15+) or 'reference' (edge's NumPy
+            evaluation of the package's program: any OS, slow; for checking).
 
     Returns:
         A `Model`. Raises `ModelFormatError` naming the bad file, `OutOfMemoryError` when it will not fit.
     """
     from mlx_lm.utils import dequantize_model, load_model
 
+    if is_package(path):
+        from .coreml.backend import load_package
+
+        return load_package(path, context=context, engine=engine)
     folder = model_folder(path)
     config = read_config(folder)
     model_classes(config, folder / "config.json")

@@ -37,6 +37,8 @@ def make_drafter(spec, target: Model) -> Drafter | None:
         bits = int(spec.partition(":")[2] or 4)
         if bits not in (2, 3, 4, 6, 8):
             raise EdgeError(f"draft='{spec}': self-draft bits must be 2, 3, 4, 6 or 8.")
+        if getattr(target.module, "is_coreml", False):
+            raise EdgeError(f"draft='{spec}': a Core ML package cannot be re-quantized in memory; use lookup or auto.")
         return lower_bit_copy(target, bits)
     if isinstance(spec, (str, Path)):
         if not Path(spec).expanduser().is_dir():
