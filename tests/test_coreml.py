@@ -43,6 +43,32 @@ def test_fp16_package_agrees_with_mlx(packages, arch):
     assert report.bits_per_weight == 16.0
 
 
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        {"type": "linear", "factor": 2.0},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    ],
+)
+def test_rope_scaling_follows_mlx_lm(tmp_path, tokenizer, scaling):
+    src = builders.write_hf_model(
+        tmp_path / "src", "llama", tok=tokenizer, seed=4, rope_scaling=scaling, rope_theta=500000.0
+    )
+    report = convert(src, tmp_path / "r.mlpackage", to="coreml", context=CONTEXT, progress=False)
+    assert report.verification["top1_agreement"] >= 0.99 and report.verification["max_abs_error"] < 0.1
+
+
+def test_mlx_folder_source(tmp_path, mlx_models):
+    report = convert(mlx_models["mistral"], tmp_path / "m.mlpackage", to="coreml", context=32, progress=False)
+    assert report.source_kind == "hf" and report.verification["top1_agreement"] >= 0.99
+
+
 def test_package_layout_is_what_swift_runtimes_load(packages, hf_models):
     path, _ = packages["qwen2"]
     pkg = open_package(path)

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from edge.checkpoint import read_config
 from edge.coreml import contract as cc
+from edge.coreml.verify import default_prompts
 from edge.errors import EdgeError, OutputExistsError
 
 from ..convert import ConvertPlan, make_recipe, move_into_place, plan, read_tensor
@@ -196,8 +197,10 @@ def convert_coreml(
             bar.advance(save, 1)
             hash_task = bar.add_task("hashing inputs", total=sum(f.stat().st_size for f in source.inputs))
             report.inputs = {f.name: file_sha256(f, lambda n: bar.advance(hash_task, n)) for f in source.inputs}
-        if verify:
-            report.verification = _verify(package, p, _reader(p, keep_quantized=False)).as_dict()
+            if verify:
+                check = bar.add_task("verifying (NumPy evaluation vs MLX)", total=len(default_prompts()))
+                result = _verify(package, p, _reader(p, keep_quantized=False), lambda: bar.advance(check, 1))
+                report.verification = result.as_dict()
         report.package_bytes = sum(f.stat().st_size for f in package.rglob("*") if f.is_file())
         report.seconds = time.perf_counter() - started
         (package / "Data" / cc.ITEM_AUTHOR / cc.ASSETS_ITEM / "edge.json").write_text(
@@ -238,7 +241,7 @@ def _save(program, package: Path, layout: Layout, metadata: dict, tokenizer: dic
     ModelPackage(str(package)).addItem(str(assets), cc.ASSETS_ITEM, cc.ITEM_AUTHOR, "Tokenizer, chat template, config")
 
 
-def _verify(package: Path, p: ConvertPlan, read):
+def _verify(package: Path, p: ConvertPlan, read, advance):
     from edge.coreml.backend import PackageModule
     from edge.coreml.package import open_package
     from edge.coreml.reference import MILReference
@@ -249,4 +252,4 @@ def _verify(package: Path, p: ConvertPlan, read):
     module = PackageModule(MILReference(pkg), pkg.context)
     reference = _reference_module(p, read)
     tokenizer = Tokenizer.load(pkg.tokenizer_dir, eos_token_ids=pkg.config.get("eos_token_id"))
-    return compare(module, reference, tokenizer)
+    return compare(module, reference, tokenizer, advance=advance)

@@ -8,6 +8,7 @@ for the same tokens (one full forward pass): max absolute error and top-1 agreem
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -64,8 +65,10 @@ def compare(
     prompts: list[str] | None = None,
     decode_steps: int = DECODE_STEPS,
     max_tokens: int = MAX_PROMPT_TOKENS,
+    advance: Callable[[], None] = lambda: None,
 ) -> Verification:
-    """Logits of the package (through `module`) against `reference`, an mlx-lm model, prompt by prompt."""
+    """Logits of the package (through `module`) against `reference`, an mlx-lm model, prompt by prompt
+    (`advance` is called after each)."""
     prompts = default_prompts() if prompts is None else prompts
     limit = min(max_tokens, module.context)
     max_err, abs_sum, agree, positions = 0.0, 0.0, 0, 0
@@ -84,6 +87,7 @@ def compare(
         abs_sum += float(err.mean()) * len(ids)
         agree += int((got.argmax(-1) == want.argmax(-1)).sum())
         positions += len(ids)
+        advance()
     if not positions:
         raise ValueError("no prompt gave two or more tokens to compare")
     return Verification(max_err, abs_sum / positions, agree / positions, positions, len(prompts), decode_steps)
