@@ -1,7 +1,8 @@
 """`edge bench`: prompt and decode speed of edge against peers measured in the same run, as one table.
 
 Peers run in a child process that never imports edge, so they get exactly what a user gets out of the
-box (for mlx-lm on Linux: MLX's bundled reference BLAS, and the folder's fp16 scales). All engines get the
+box (for mlx-lm on Linux: MLX's bundled reference BLAS, and the folder's fp16 scales; for llama.cpp,
+llama-cpp-python on the GGUF the folder was converted from, with every core). All engines get the
 same prompt token ids and greedy decoding with end-of-sequence disabled, so they decode the same count.
 """
 
@@ -26,6 +27,29 @@ for last in stream_generate(model, tokenizer, args["prompt"], max_tokens=args["m
 print(json.dumps({"prompt_tps": last.prompt_tps, "decode_tps": last.generation_tps,
                   "prompt_tokens": last.prompt_tokens, "decode_tokens": last.generation_tokens,
                   "peak_memory_bytes": int(last.peak_memory * 1e9)}))
+"""
+
+
+# Run by the child: llama.cpp (llama-cpp-python) on the GGUF the model was converted from, same token ids.
+LLAMA_CPP_CHILD = r"""
+import json, os, sys, time
+args = json.loads(sys.argv[1])
+from llama_cpp import Llama
+llm = Llama(model_path=args["gguf"], n_threads=os.cpu_count(), n_ctx=len(args["prompt"]) + args["max_tokens"] + 8,
+            verbose=False)
+def once(n):
+    llm.reset()
+    t = time.perf_counter(); llm.eval(args["prompt"]); prompt_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(n):
+        llm.eval([llm.sample(temp=0.0)])
+    return prompt_s, time.perf_counter() - t
+once(8)
+runs = sorted((once(args["max_tokens"]) for _ in range(args["repeats"])), key=lambda r: r[1])
+prompt_s, decode_s = runs[len(runs) // 2]
+print(json.dumps({"prompt_tps": len(args["prompt"]) / prompt_s, "decode_tps": args["max_tokens"] / decode_s,
+                  "prompt_tokens": len(args["prompt"]), "decode_tokens": args["max_tokens"],
+                  "peak_memory_bytes": 0}))
 """
 
 
@@ -73,6 +97,29 @@ def run_mlx_lm(model_path: str, prompt: list[int], max_tokens: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def source_gguf(model_path: Path) -> Path | None:
+    """The GGUF a folder was converted from (edge.json records it), if it is still there."""
+    try:
+        source = Path(json.loads((model_path / "edge.json").read_text())["source"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return source if source.suffix == ".gguf" and source.is_file() else None
+
+
+def run_llama_cpp(gguf: Path | None, prompt: list[int], max_tokens: int, repeats: int) -> dict:
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return {"error": "llama-cpp-python is not installed (pip install -e '.[bench]')"}
+    if gguf is None:
+        return {"error": "no GGUF for this model: pass --gguf, or convert the model from a GGUF"}
+    args = json.dumps({"gguf": str(gguf), "prompt": prompt, "max_tokens": max_tokens, "repeats": max(repeats, 1)})
+    done = subprocess.run([sys.executable, "-c", LLAMA_CPP_CHILD, args], capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
@@ -83,17 +130,22 @@ def run_bench(model_path: str, args) -> int:
     model = edge.load(model_path)
     prompt = bench_prompt(model, args.prompt_tokens)
     results = {"edge": run_edge(model, prompt, args.max_tokens, args.repeats)}
-    peers = [p.strip() for p in (args.peers or "mlx_lm").split(",") if p.strip() and p.strip() != "none"]
+    peers = [p.strip() for p in (args.peers or "mlx_lm,llama_cpp").split(",") if p.strip() and p.strip() != "none"]
     for peer in peers:
-        if peer != "mlx_lm":
-            raise edge.EdgeError(f"unknown peer '{peer}'; available: mlx_lm, none")
-        results["mlx_lm"] = run_mlx_lm(str(model.path), prompt, args.peer_tokens)
-    e, m = results["edge"], results.get("mlx_lm", {})
+        if peer == "mlx_lm":
+            results["mlx_lm"] = run_mlx_lm(str(model.path), prompt, args.peer_tokens)
+        elif peer == "llama_cpp":
+            gguf = Path(args.gguf) if getattr(args, "gguf", None) else source_gguf(model.path)
+            results["llama_cpp"] = run_llama_cpp(gguf, prompt, args.max_tokens, args.repeats)
+        else:
+            raise edge.EdgeError(f"unknown peer '{peer}'; available: mlx_lm, llama_cpp, none")
+    e, m, lc = results["edge"], results.get("mlx_lm", {}), results.get("llama_cpp", {})
     summary = {
         "model": str(model.path),
         "device": str(model.describe()["device"]),
         "compute": model.plan.compute,
         "blas": model.describe()["blas"],
+        "kernels": model.describe()["kernels"],
         "prompt_tokens": len(prompt),
         "edge_decode_tps": e["decode_tps"],
         "mlx_lm_decode_tps": m.get("decode_tps"),
@@ -101,6 +153,10 @@ def run_bench(model_path: str, args) -> int:
         "edge_prompt_tps": e["prompt_tps"],
         "mlx_lm_prompt_tps": m.get("prompt_tps"),
         "prompt_ratio": _ratio(e["prompt_tps"], m.get("prompt_tps")),
+        "llama_cpp_decode_tps": lc.get("decode_tps"),
+        "llama_cpp_prompt_tps": lc.get("prompt_tps"),
+        "edge_vs_llama_cpp_decode": _ratio(e["decode_tps"], lc.get("decode_tps")),
+        "edge_vs_llama_cpp_prompt": _ratio(e["prompt_tps"], lc.get("prompt_tps")),
         "engines": results,
     }
     if args.json:
@@ -132,5 +188,14 @@ def _print_table(s: dict) -> None:
         )
     if s["decode_ratio"] is not None:
         t.add_row("edge / mlx_lm", f"{s['prompt_ratio']:.2f}x", f"{s['decode_ratio']:.2f}x", "", "", "")
+    if s["edge_vs_llama_cpp_decode"] is not None:
+        t.add_row(
+            "edge / llama_cpp",
+            f"{s['edge_vs_llama_cpp_prompt']:.2f}x",
+            f"{s['edge_vs_llama_cpp_decode']:.2f}x",
+            "",
+            "",
+            "",
+        )
     Console().print(t)
-    Console().print(f"BLAS: {s['blas']}")
+    Console().print(f"BLAS: {s['blas']}; kernels: {s['kernels']}")

@@ -224,8 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length, the same for every engine")
     p.add_argument("--repeats", type=int, default=3, help="edge runs; the median is reported")
     p.add_argument(
-        "--peers", default=None, help="comma-separated peers: mlx_lm, none (default: mlx_lm; none with --draft)"
+        "--peers",
+        default=None,
+        help="comma-separated peers: mlx_lm, llama_cpp, none (default: mlx_lm,llama_cpp; none with --draft)",
     )
+    p.add_argument("--gguf", default=None, help="the GGUF for the llama_cpp peer (default: the model's source)")
     p.add_argument("--draft", default=None, help="compare drafters instead: lookup,auto,self:4,DRAFT_FOLDER or all")
     p.add_argument("--draft-model", default=None, help="with --draft all: also bench this draft model folder")
     p.add_argument("--temperature", type=float, default=0.0, help="with --draft: sample at this temperature (seed 0)")

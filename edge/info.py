@@ -10,6 +10,7 @@ from pathlib import Path
 from . import blas
 from .architecture import TESTED, parameter_count, skeleton
 from .errors import UnsupportedModelError
+from .kernels import status as kernels_status
 from .memory import kv_bytes_per_token, make_plan
 from .model import is_package
 
@@ -19,7 +20,7 @@ SCALE_OVERHEAD_BITS = 0.5  # fp16 scale + bias per group of 64 weights
 def describe(path: str | Path, context: int | None = None) -> dict:
     from edge.converters import open_source
 
-    from .model import on_cpu
+    from .model import kernels_cover, on_cpu
 
     info: dict = {"path": str(Path(path).expanduser())}
     if is_package(path):
@@ -35,7 +36,8 @@ def describe(path: str | Path, context: int | None = None) -> dict:
         info.update(supported=False, reason=str(e))
         return info
     stored = sum(t.nbytes for t in src.tensors)
-    plan = make_plan(info["path"], config, params, stored, context=context, on_cpu=on_cpu())
+    compute = "kernels" if on_cpu() and kernels_cover(config) else "auto"
+    plan = make_plan(info["path"], config, params, stored, context=context, on_cpu=on_cpu(), compute=compute)
     quant = config.get("quantization") or {}
     info.update(
         parameters=params,
@@ -46,6 +48,7 @@ def describe(path: str | Path, context: int | None = None) -> dict:
         context_length=plan.model_context,
         plan=plan.as_dict(),
         blas=str(blas.verify()),
+        kernels=str(kernels_status()),
     )
     kv = kv_bytes_per_token(config, 4 if on_cpu() else 2)
     room = plan.available_bytes - plan.headroom_bytes
@@ -128,4 +131,5 @@ def render(info: dict) -> None:
     for bits, row in info["at_bits"].items():
         t.add_row(f"at {bits} bits", f"{mib(row['weights_bytes'])}, context up to {row['max_context']:,} tokens")
     t.add_row("BLAS", info["blas"])
+    t.add_row("CPU kernels", info["kernels"])
     console.print(t)

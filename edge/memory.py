@@ -70,7 +70,8 @@ class MemoryPlan:
     stored_bytes: int
     """Weights as stored on disk."""
     compute: str
-    """'float32' (dequantized at load, CPU) or 'native' (as stored)."""
+    """'float32' (dequantized at load, CPU), 'kernels' (as stored, products on edge's CPU kernels) or 'native'
+    (as stored, MLX's own ops)."""
     weights_bytes: int
     """Weights as they will sit in memory under `compute`."""
     kv_bytes_per_token: int
@@ -151,8 +152,8 @@ def make_plan(
     if compute == "auto":
         fp32 = build("float32")
         return fp32 if on_cpu and fp32.fits else build("native")
-    if compute not in ("float32", "native"):
-        raise EdgeError(f"compute='{compute}' is not one of auto, float32, native.")
+    if compute not in ("float32", "native", "kernels"):
+        raise EdgeError(f"compute='{compute}' is not one of auto, kernels, float32, native.")
     return build(compute)
 
 

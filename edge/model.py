@@ -20,11 +20,23 @@ from .checkpoint import SafetensorsFile, read_config, weight_files
 from .errors import EdgeError, ModelFormatError, OutOfMemoryError
 from .events import Done, Event
 from .generate import stream_events
+from .kernels import load_extension, use_kernels
+from .kernels import status as kernels_status
 from .memory import MemoryPlan, make_plan, wired_limit
 from .sampling import Sampling
 from .tokenizer import Message, Tokenizer, as_messages
 
 Prompt = str | list[int] | list[Message]
+
+
+def kernels_cover(config: dict) -> bool:
+    """A 4/8-bit affine model whose products edge's CPU kernels can run (and the kernels built here)."""
+    from .kernels.quantized import BITS, GROUP_SIZES
+
+    q = config.get("quantization") or {}
+    if q.get("bits") not in BITS or q.get("group_size") not in GROUP_SIZES or q.get("mode", "affine") != "affine":
+        return False
+    return load_extension() is not None
 
 
 def on_cpu() -> bool:
@@ -48,7 +60,8 @@ def plan(model_or_path: Model | str | Path, context: int | None = None, compute:
     Args:
         model_or_path: a loaded `Model` or an MLX / Hugging Face model folder.
         context: tokens of KV cache to plan for (default: the model's context length).
-        compute: 'auto' (fp32 on a CPU when it fits), 'float32' or 'native'.
+        compute: 'auto' (on a CPU: edge's kernels for 4/8-bit models, else fp32 when it fits), 'kernels',
+            'float32' or 'native'.
     """
     if isinstance(model_or_path, Model):
         if context is None or context == model_or_path.plan.context:
@@ -56,6 +69,8 @@ def plan(model_or_path: Model | str | Path, context: int | None = None, compute:
         model_or_path, compute = model_or_path.path, model_or_path.plan.compute
     folder = model_folder(model_or_path)
     config = read_config(folder)
+    if compute == "auto" and on_cpu() and kernels_cover(config):
+        compute = "kernels"  # quantized weights stay quantized: measured 2.4x faster than fp32 through OpenBLAS
     files = weight_files(folder)
     params = parameter_count(skeleton(config, folder / "config.json"))
     stored = sum(f.stat().st_size for f in files)
@@ -72,6 +87,8 @@ class Model:
     config: dict
     path: Path
     plan: MemoryPlan
+    kernel_layers: int = 0
+    """Quantized layers whose products run on edge's CPU kernels."""
 
     @property
     def context_length(self) -> int:
@@ -143,6 +160,7 @@ class Model:
             "compute": self.plan.compute,
             "device": str(mx.default_device()),
             "blas": str(blas.status()),
+            "kernels": f"{self.kernel_layers} layers on {kernels_status()}" if self.kernel_layers else "none",
             "context": self.context_length,
         }
 
@@ -158,7 +176,8 @@ def load(path: str | Path, *, context: int | None = None, compute: str = "auto",
     Args:
         path: a folder made by `edge convert` or `mlx_lm.convert`, or a package made by `edge convert --to coreml`.
         context: the most tokens one conversation may hold (default: the model's own limit).
-        compute: MLX folders: 'auto' (fp32 on a CPU when it fits, else as stored), 'float32' or 'native'.
+        compute: MLX folders: 'auto' (on a CPU: edge's quantized kernels for 4/8-bit models, else fp32 when it
+            fits, else as stored), 'kernels', 'float32' or 'native' (MLX's own ops on the weights as stored).
         engine: Core ML packages: 'coreml' (Core ML itself, macOS 15+) or 'reference' (edge's NumPy
             evaluation of the package's program: any OS, slow; for checking).
 
@@ -185,11 +204,14 @@ def load(path: str | Path, *, context: int | None = None, compute: str = "auto",
         raise ModelFormatError(
             f"{folder}: the weights do not match config.json ({str(e)[:300]}). Convert the model again."
         ) from None
+    switched = 0
     if on_cpu():
         blas.verify()
         module.set_dtype(mx.float32)  # scales, biases and float weights: MLX's CPU kernels are far slower in fp16
+        if memory.compute == "kernels":
+            switched = use_kernels(module)
         if memory.compute == "float32":
             dequantize_model(module)
     mx.eval(module.parameters())
     tokenizer = Tokenizer.load(folder, eos_token_ids=config.get("eos_token_id"))
-    return Model(module, tokenizer, config, folder, memory)
+    return Model(module, tokenizer, config, folder, memory, switched)

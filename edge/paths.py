@@ -27,8 +27,10 @@ def models_dir() -> Path:
 
 
 def build_dir() -> Path:
-    """Native helpers compiled on first use, keyed by their source hash."""
-    return cache_dir() / "build"
+    """Native helpers compiled on first use, keyed by their source hash (`EDGE_BUILD` overrides, so test
+    sessions with a scratch EDGE_HOME per test share one build)."""
+    build = os.environ.get("EDGE_BUILD")
+    return Path(build).expanduser() if build else cache_dir() / "build"
 
 
 def data_dir() -> Path:

@@ -15,11 +15,18 @@ import builders  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session")
+def build_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("build")
+
+
 @pytest.fixture(autouse=True)
-def edge_home(tmp_path_factory, monkeypatch):
-    """Every test gets its own EDGE_HOME, so nothing touches the user's cache; the BLAS shim build is shared."""
+def edge_home(tmp_path_factory, monkeypatch, build_cache):
+    """Every test gets its own EDGE_HOME, so nothing touches the user's cache; compiled helpers (BLAS shim,
+    kernels) are built once per session and shared, subprocesses included."""
     home = tmp_path_factory.mktemp("edge_home")
     monkeypatch.setenv("EDGE_HOME", str(home))
+    monkeypatch.setenv("EDGE_BUILD", str(build_cache))
     return home
 
 

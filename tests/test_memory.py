@@ -26,9 +26,26 @@ def test_plan_figures_follow_from_config(mlx_models):
     assert p.fits and p.max_context == config["max_position_embeddings"]
 
 
+def test_quantized_models_run_on_edge_kernels_on_a_cpu(gguf_model, tmp_path):
+    from edge.converters import convert
+    from edge.kernels import status
+
+    folder = tmp_path / "q"
+    convert(gguf_model, folder, progress=False)
+    if not status().active:
+        pytest.skip(f"edge's CPU kernels are not active here: {status()}")
+    auto = edge.plan(folder)
+    assert auto.compute == "kernels" and auto.weights_bytes == auto.stored_bytes
+    model = edge.load(folder)
+    assert model.kernel_layers > 0 and "KernelQuantizedLinear" in str(type(model.module.model.layers[0].mlp.up_proj))
+    assert edge.plan(folder, compute="float32").compute == "float32"
+
+
 def test_cpu_keeps_quantized_weights_when_fp32_does_not_fit(gguf_model, tmp_path, monkeypatch):
+    """Without edge's kernels (none built, or EDGE_KERNELS=off): fp32 when it fits, else MLX's own ops."""
     from edge.converters import convert
 
+    monkeypatch.setattr("edge.model.kernels_cover", lambda config: False)
     folder = tmp_path / "q"
     convert(gguf_model, folder, progress=False)
     auto = edge.plan(folder)

@@ -1,0 +1,47 @@
+// edge's CPU kernels for MLX: products with MLX's affine-quantized weights (4 and 8 bits, groups of 32,
+// 64 or 128, scales and biases as stored), fp32 accumulation, vectorised (AVX2 / AVX-512 on x86, NEON on
+// ARM, a portable loop elsewhere) and split over the cores. MLX's own CPU quantized_matmul is scalar.
+#pragma once
+
+#include "mlx/ops.h"
+#include "mlx/primitives.h"
+
+namespace edge {
+
+using namespace mlx::core;
+
+// y = x @ dequantize(w, scales, biases).T with x (..., K) in fp32 and y (..., N) in fp32.
+array quantized_matmul(
+    const array& x,
+    const array& w,
+    const array& scales,
+    const array& biases,
+    int group_size,
+    int bits,
+    StreamOrDevice s = {});
+
+// Which vector unit the kernels were compiled for ("avx512", "avx2", "neon" or "portable").
+const char* simd_name();
+
+class QuantizedMatmul : public UnaryPrimitive {
+ public:
+  QuantizedMatmul(Stream stream, int group_size, int bits)
+      : UnaryPrimitive(stream), group_size_(group_size), bits_(bits) {}
+
+  void eval_cpu(const std::vector<array>& inputs, array& out) override;
+  void eval_gpu(const std::vector<array>& inputs, array& out) override;
+
+  const char* name() const override {
+    return "EdgeQuantizedMatmul";
+  }
+  bool is_equivalent(const Primitive& other) const override {
+    auto& o = static_cast<const QuantizedMatmul&>(other);
+    return group_size_ == o.group_size_ && bits_ == o.bits_;
+  }
+
+ private:
+  int group_size_;
+  int bits_;
+};
+
+} // namespace edge

@@ -1,0 +1,114 @@
+"""edge's CPU quantized-product kernel against MLX's own dequantize / quantized_matmul, and the layers that
+switch a model onto it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import edge
+from edge.kernels import status
+from edge.kernels.cpu import load_extension
+
+pytestmark = pytest.mark.skipif(not status().active, reason=f"edge's CPU kernels are not built here: {status()}")
+
+
+def _case(n, k, m, bits, gs, seed):
+    key = mx.random.key(seed)
+    w = mx.random.normal((n, k), key=key) * 0.05
+    wq, s, b = mx.quantize(w, group_size=gs, bits=bits)
+    s, b = s.astype(mx.float32), b.astype(mx.float32)
+    x = mx.random.normal((m, k), key=mx.random.split(key)[0])
+    return x, wq, s, b
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("gs", [32, 64, 128])
+@pytest.mark.parametrize(("n", "m"), [(1, 1), (7, 3), (13, 4), (200, 5), (67, 17)])
+def test_product_equals_dequantize_then_matmul(bits, gs, n, m):
+    """Odd output widths, a single row, many rows: against dequantize (fp32) @ x, an independent reference."""
+    k = 384
+    x, wq, s, b = _case(n, k, m, bits, gs, seed=n * 31 + m + bits + gs)
+    got = np.array(load_extension().quantized_matmul(x, wq, s, b, gs, bits))
+    w = np.array(mx.dequantize(wq, s, b, group_size=gs, bits=bits)).astype(np.float64)
+    want = np.array(x).astype(np.float64) @ w.T
+    scale = np.abs(np.array(x)).max() * np.abs(w).sum(axis=1).max()
+    assert got.shape == (m, n)
+    np.testing.assert_allclose(got, want, atol=2e-5 * scale)
+    mlx_ops = np.array(mx.quantized_matmul(x, wq, s, b, transpose=True, group_size=gs, bits=bits))
+    np.testing.assert_allclose(got, mlx_ops, atol=2e-5 * scale)
+
+
+def test_strided_and_batched_inputs():
+    x, wq, s, b = _case(48, 64, 6, 4, 32, seed=7)
+    ext = load_extension()
+    xt = mx.transpose(x.reshape(2, 3, 64), (1, 0, 2))  # a strided view, (3, 2, 64)
+    want = mx.quantized_matmul(xt, wq, s, b, transpose=True, group_size=32, bits=4)
+    got = ext.quantized_matmul(xt, wq, s, b, 32, 4)
+    assert got.shape == (3, 2, 48)
+    assert mx.allclose(got, want, atol=1e-4).item()
+    x16, s16, b16 = x.astype(mx.float16), s.astype(mx.float16), b.astype(mx.float16)  # raised to fp32 inside
+    half = ext.quantized_matmul(x16, wq, s16, b16, 32, 4)
+    want = ext.quantized_matmul(x16.astype(mx.float32), wq, s16.astype(mx.float32), b16.astype(mx.float32), 32, 4)
+    assert half.dtype == mx.float32 and mx.array_equal(half, want).item()
+
+
+def test_bad_arguments_are_refused():
+    x, wq, s, b = _case(8, 64, 1, 4, 32, seed=1)
+    ext = load_extension()
+    with pytest.raises(ValueError, match="bits"):
+        ext.quantized_matmul(x, wq, s, b, 32, 3)
+    with pytest.raises(ValueError, match="last axis"):
+        ext.quantized_matmul(x[:, :32], wq, s, b, 32, 4)
+
+
+def test_a_model_on_the_kernels_matches_mlx_ops(gguf_model, tmp_path):
+    """Q4_1 / Q8_0 tiny model: logits within 1e-3 of the same weights on MLX's own ops, and the same greedy text."""
+    from edge.converters import convert
+
+    folder = tmp_path / "q"
+    convert(gguf_model, folder, progress=False)
+    fast, ref = edge.load(folder), edge.load(folder, compute="native")
+    assert fast.plan.compute == "kernels" and fast.kernel_layers == 2 * 7 + 1  # 2 layers x 7 + tied head
+    assert ref.kernel_layers == 0
+    ids = mx.array([[1, 5, 9, 200, 31, 7, 7, 64]])
+    a, b = np.array(fast.module(ids)), np.array(ref.module(ids))
+    np.testing.assert_allclose(a, b, atol=1e-3 * np.abs(b).max())
+    for prompt in ("hello world", "the quick brown fox"):
+        assert fast.generate(prompt, max_tokens=16) == ref.generate(prompt, max_tokens=16)
+    assert "edge quantized matmul" in fast.describe()["kernels"]
+
+
+def test_self_draft_runs_on_the_kernels(mlx_models):
+    from edge.kernels.quantized import KernelQuantizedLinear
+    from edge.speculative import lower_bit_copy
+
+    model = edge.load(mlx_models["llama"])
+    draft = lower_bit_copy(model, 4, group_size=32)
+    assert any(isinstance(m, KernelQuantizedLinear) for _, m in draft.module.named_modules())
+    assert model.generate("hello world", max_tokens=12, draft=draft) == model.generate("hello world", max_tokens=12)
+
+
+def test_abi_mismatch_is_reported():
+    from edge.kernels.cpu import _check
+
+    class Mismatched:
+        @staticmethod
+        def quantized_matmul(*args):
+            raise TypeError("incompatible function arguments")
+
+    with pytest.raises(RuntimeError, match="nanobind ABI"):
+        _check(Mismatched)
+
+
+def test_kernels_can_be_turned_off():
+    code = "import edge; from edge.kernels import status; print(status())"
+    env = {"EDGE_KERNELS": "off"}
+    import os
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
+    assert "MLX's own ops (EDGE_KERNELS=off)" in out.stdout
