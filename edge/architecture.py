@@ -50,3 +50,16 @@ def skeleton(config: dict, where: str | Path = "config.json") -> nn.Module:
 def parameter_count(model: nn.Module) -> int:
     """Logical parameters (quantized weights counted unpacked), without evaluating anything."""
     return sum(p.size for _, p in tree_flatten(model.parameters()))
+
+
+def rope_tables(rope, positions: int, head_dim: int):
+    """(cos, sin), each (positions, head_dim // 2) fp32, measured by rotating unit vectors with mlx-lm's own
+    rope module: with x = (1, ..., 1, 0, ..., 0) (first half ones), rotate-half RoPE gives (cos θ_i, sin θ_i)
+    per pair i, including any scaling the module applies (every RoPE variant mlx-lm has is linear in x)."""
+    import mlx.core as mx
+    import numpy as np
+
+    half = head_dim // 2
+    x = mx.concatenate([mx.ones((1, 1, positions, half)), mx.zeros((1, 1, positions, half))], axis=-1)
+    out = np.array(rope(x, offset=0).astype(mx.float32))[0, 0]
+    return np.ascontiguousarray(out[:, :half]), np.ascontiguousarray(out[:, half:])

@@ -20,7 +20,7 @@ from .checkpoint import SafetensorsFile, read_config, weight_files
 from .errors import EdgeError, ModelFormatError, OutOfMemoryError
 from .events import Done, Event
 from .generate import stream_events
-from .kernels import load_extension, use_kernels
+from .kernels import fuse, load_extension, use_kernels
 from .kernels import status as kernels_status
 from .memory import MemoryPlan, make_plan, wired_limit
 from .sampling import Sampling
@@ -210,6 +210,7 @@ def load(path: str | Path, *, context: int | None = None, compute: str = "auto",
         module.set_dtype(mx.float32)  # scales, biases and float weights: MLX's CPU kernels are far slower in fp16
         if memory.compute == "kernels":
             switched = use_kernels(module)
+            fuse(module, memory.context)  # whole layers as one kernel each, where the architecture allows
         if memory.compute == "float32":
             dequantize_model(module)
     mx.eval(module.parameters())

@@ -11,10 +11,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 
-from edge.architecture import skeleton
+from edge.architecture import rope_tables, skeleton
 from edge.errors import EdgeError, UnsupportedModelError
 
 SUPPORTED = ("llama", "mistral", "qwen2")
@@ -87,6 +86,7 @@ def make_layout(config: dict, where: str | Path, context: int | None = None) -> 
             " (RoPE), which the Core ML export does not express yet."
         )
     cos, sin = rope_tables(rope, context, head_dim)
+    cos, sin = np.concatenate([cos, cos], axis=-1), np.concatenate([sin, sin], axis=-1)
     hidden = int(inner.embed_tokens.weight.shape[1])
     return Layout(
         model_type=config["model_type"],
@@ -103,16 +103,3 @@ def make_layout(config: dict, where: str | Path, context: int | None = None) -> 
         cos=cos,
         sin=sin,
     )
-
-
-def rope_tables(rope, context: int, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin per position, measured by rotating unit vectors with mlx-lm's rope module itself.
-
-    With x = (1, ..., 1, 0, ..., 0) (first half ones), rotate-half RoPE gives (cos θ_i, sin θ_i) per pair i,
-    including any scaling the module applies; every RoPE variant mlx-lm has is linear in x.
-    """
-    half = head_dim // 2
-    x = mx.concatenate([mx.ones((1, 1, context, half)), mx.zeros((1, 1, context, half))], axis=-1)
-    out = np.array(rope(x, offset=0).astype(mx.float32))[0, 0]
-    cos, sin = out[:, :half], out[:, half:]
-    return np.concatenate([cos, cos], axis=-1), np.concatenate([sin, sin], axis=-1)

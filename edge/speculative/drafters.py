@@ -165,8 +165,9 @@ def lower_bit_copy(target: Model, bits: int, group_size: int = 64) -> ModelDraft
     nn.quantize(module, group_size=group_size, bits=bits, class_predicate=quantizable)
     module.set_dtype(mx.float32)  # fp32 scales: MLX's CPU quantized kernels are far slower with fp16
     if mx.default_device() == mx.cpu:
-        from ..kernels import use_kernels
+        from ..kernels import fuse, use_kernels
 
-        use_kernels(module)  # 4/8-bit drafts run on edge's CPU kernels where they are built
+        if use_kernels(module):  # 4/8-bit drafts run on edge's CPU kernels where they are built
+            fuse(module, target.context_length)
     mx.eval(module.parameters())
     return ModelDrafter(module, f"self-{bits}bit")

@@ -1,7 +1,9 @@
 // Python bindings (nanobind, in MLX's domain so mx.array arguments are shared with mlx.core).
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/variant.h>
+#include <nanobind/stl/vector.h>
 
+#include "decoder.h"
 #include "quantized.h"
 
 namespace nb = nanobind;
@@ -22,4 +24,18 @@ NB_MODULE(_edge_kernels, m) {
       "stream"_a = nb::none(),
       "x @ dequantize(w, scales, biases).T for MLX affine 4/8-bit weights, in fp32.");
   m.def("simd", &edge::simd_name, "The vector unit the kernels were compiled for.");
+  m.def(
+      "decoder_layer",
+      [](const mlx::core::array& h, const mlx::core::array& attn_norm, const mlx::core::array& mlp_norm,
+         const mlx::core::array& cos, const mlx::core::array& sin, const mlx::core::array& k_cache,
+         const mlx::core::array& v_cache, const std::vector<mlx::core::array>& quantized, int heads, int kv_heads,
+         int head_dim, float eps, float scale, const std::vector<int>& bits, const std::vector<int>& group_sizes,
+         int offset) {
+        return edge::decoder_layer(
+            h, attn_norm, mlp_norm, cos, sin, k_cache, v_cache, quantized,
+            edge::LayerShape{heads, kv_heads, head_dim, eps, scale, bits, group_sizes}, offset);
+      },
+      "h"_a, "attn_norm"_a, "mlp_norm"_a, "cos"_a, "sin"_a, "k_cache"_a, "v_cache"_a, "quantized"_a, "heads"_a,
+      "kv_heads"_a, "head_dim"_a, "eps"_a, "scale"_a, "bits"_a, "group_sizes"_a, "offset"_a,
+      "One llama-family decoder layer on the CPU, writing the new keys and values into the caches in place.");
 }

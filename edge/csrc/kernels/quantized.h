@@ -20,6 +20,15 @@ array quantized_matmul(
     int bits,
     StreamOrDevice s = {});
 
+// The raw product for other kernels: y (M x N) = x (M x K) @ dequantize(w).T, on the calling thread's pool.
+struct QWeight {
+  const uint32_t* w;
+  const float* s;
+  const float* b;
+  int N, K, gs, bits;
+};
+void qmatmul(const float* x, int M, const QWeight& q, float* y);
+
 // Which vector unit the kernels were compiled for ("avx512", "avx2", "neon" or "portable").
 const char* simd_name();
 

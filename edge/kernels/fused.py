@@ -1,0 +1,152 @@
+"""Whole decoder layers on edge's CPU kernel: a llama-family model's token step as ~35 MLX graph nodes.
+
+On a CPU, MLX spends a few microseconds on every graph node; a 30-layer model's token is ~1000 nodes, which
+costs more than its 4-bit products. `fuse(model)` gives the model a forward pass that runs each layer as one
+primitive (`decoder_layer`: norms, the seven quantized products, RoPE, attention over a KV cache it writes in
+place, SwiGLU) when called with the caches from its `make_cache()`; called otherwise (no cache, or mlx-lm's
+caches) it is mlx-lm's own forward, which stays the reference the fused one is tested against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..architecture import rope_tables
+from .cpu import load_extension
+from .quantized import KernelQuantizedLinear
+
+FAMILIES = ("llama", "mistral", "qwen2")
+PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+GROW = 256
+
+
+class LayerCache:
+    """One layer's keys and values (kv_heads, capacity, head_dim) in fp32, written in place by the kernel;
+    `offset` positions are valid. Rolling back is moving the offset (duck-types mlx-lm's trimmable caches)."""
+
+    def __init__(self, kv_heads: int, head_dim: int):
+        self.kv_heads, self.head_dim = kv_heads, head_dim
+        self.keys = self.values = None
+        self.offset = 0
+        self.last: mx.array | None = None
+
+    @property
+    def state(self) -> list:
+        return [] if self.last is None else [self.last]  # evaluating it runs the writes
+
+    def is_trimmable(self) -> bool:
+        return True
+
+    def trim(self, n: int) -> int:
+        n = min(self.offset, n)
+        self.offset -= n
+        return n
+
+    def reserve(self, n: int) -> None:
+        """Room for n more positions: grow in steps, copying what is held (before any write of this step)."""
+        need = self.offset + n
+        have = 0 if self.keys is None else self.keys.shape[1]
+        if need <= have:
+            return
+        size = (self.kv_heads, math.ceil(need / GROW) * GROW, self.head_dim)
+        keys, values = mx.zeros(size), mx.zeros(size)
+        if self.keys is not None:
+            keys[:, :have], values[:, :have] = self.keys, self.values
+        mx.eval(keys, values)
+        self.keys, self.values = keys, values
+
+
+def _shape(model: nn.Module):
+    """Heads, widths and the RoPE table, or None when a layer is not one the kernel expresses."""
+    if getattr(getattr(model, "args", None), "model_type", None) not in FAMILIES:
+        return None
+    inner = model.model
+    attn = inner.layers[0].self_attn
+    head_dim = attn.q_proj["weight"].shape[0] // attn.n_heads if "weight" in attn.q_proj else 0
+    rope = attn.rope
+    if getattr(rope, "traditional", False) or int(getattr(rope, "dims", head_dim)) != head_dim or head_dim % 2:
+        return None
+    for layer in inner.layers:
+        for name in PROJECTIONS + MLP:
+            mod = layer
+            for part in name.split("."):
+                mod = getattr(mod, part)
+            if not isinstance(mod, KernelQuantizedLinear) or "bias" in mod:
+                return None
+        if not all(isinstance(n, nn.RMSNorm) for n in (layer.input_layernorm, layer.post_attention_layernorm)):
+            return None
+    return attn.n_heads, attn.n_kv_heads, int(attn.q_proj.weight.shape[0]) // attn.n_heads
+
+
+def fuse(model: nn.Module, context: int) -> bool:
+    """Give `model` the fused forward pass (in place); False if it is not a model the kernel covers."""
+    ext = load_extension()
+    shape = _shape(model) if ext is not None else None
+    if shape is None:
+        return False
+    heads, kv_heads, head_dim = shape
+    attn = model.model.layers[0].self_attn
+    cos, sin = rope_tables(attn.rope, context, head_dim)
+    base = type(model)
+
+    class Fused(base):
+        def make_cache(self):
+            return [LayerCache(kv_heads, head_dim) for _ in self.model.layers]
+
+        def __call__(self, inputs, cache=None, **kwargs):
+            if not cache or not isinstance(cache[0], LayerCache) or inputs.shape[0] != 1:
+                return base.__call__(self, inputs, cache=cache, **kwargs)
+            return _forward(self, ext, inputs, cache, tables, (heads, kv_heads, head_dim))
+
+    Fused.__name__ = Fused.__qualname__ = f"Fused{base.__name__}"
+    tables = (mx.array(cos), mx.array(sin))
+    mx.eval(tables)
+    model.__class__ = Fused
+    return True
+
+
+def _forward(model, ext, inputs: mx.array, cache: list[LayerCache], tables, shape) -> mx.array:
+    heads, kv_heads, head_dim = shape
+    inner = model.model
+    n = inputs.shape[1]
+    h = inner.embed_tokens(inputs[0]).astype(mx.float32)
+    for layer, c in zip(inner.layers, cache, strict=True):
+        c.reserve(n)
+        quantized, bits, sizes = [], [], []
+        for name in PROJECTIONS + MLP:
+            mod = layer
+            for part in name.split("."):
+                mod = getattr(mod, part)
+            quantized += [mod["weight"], mod["scales"], mod["biases"]]
+            bits.append(mod.bits)
+            sizes.append(mod.group_size)
+        attn = layer.self_attn
+        h = ext.decoder_layer(
+            h,
+            layer.input_layernorm.weight,
+            layer.post_attention_layernorm.weight,
+            *tables,
+            c.keys,
+            c.values,
+            quantized,
+            heads,
+            kv_heads,
+            head_dim,
+            float(layer.input_layernorm.eps),
+            float(attn.scale),
+            bits,
+            sizes,
+            c.offset,
+        )
+        c.offset += n
+        c.last = h
+    h = inner.norm(h)
+    out = model.lm_head(h) if hasattr(model, "lm_head") else inner.embed_tokens.as_linear(h)
+    return out[None]
+
+
+__all__ = ["fuse", "LayerCache"]
