@@ -112,3 +112,61 @@ def test_kernels_can_be_turned_off():
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
     assert "MLX's own ops (EDGE_KERNELS=off)" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def quantized_models(tmp_path_factory, hf_models, gguf_model) -> dict:
+    """Each tiny architecture at 4 bits (group 32), plus the GGUF one (Q4_1 layers, Q8_0 tied embedding)."""
+    from edge.converters import convert
+
+    root = tmp_path_factory.mktemp("q")
+    out = {"gguf": root / "gguf"}
+    convert(gguf_model, out["gguf"], progress=False)
+    for arch, src in hf_models.items():
+        convert(src, root / arch, bits=4, group_size=32, progress=False)
+        out[arch] = root / arch
+    return out
+
+
+@pytest.mark.parametrize("name", ["gguf", "llama", "mistral", "qwen2"])
+def test_fused_layers_match_mlx_lm_layers(quantized_models, name):
+    """Prefill, token-by-token decode and a rollback through the fused layers, against mlx-lm's own layers
+    (same weights, MLX ops): logits within 1e-3 of their range."""
+    from edge.kernels.fused import LayerCache
+
+    fast, ref = edge.load(quantized_models[name]), edge.load(quantized_models[name], compute="native")
+    fused = type(fast.module).__name__.startswith("Fused")
+    assert fused == (name != "qwen2")  # qwen2's q/k/v biases keep mlx-lm's layers (on the kernel products)
+    ids = [1, 5, 9, 200, 31, 7, 7, 64, 12, 3]
+    want = np.array(ref.module(mx.array(ids)[None]))
+    tol = 1e-3 * np.abs(want).max()
+    cache = fast.make_cache()
+    assert isinstance(cache[0], LayerCache) == fused
+    np.testing.assert_allclose(np.array(fast.module(mx.array(ids[:6])[None], cache=cache)), want[:, :6], atol=tol)
+    for i in range(6, len(ids)):
+        np.testing.assert_allclose(
+            np.array(fast.module(mx.array([[ids[i]]]), cache=cache)), want[:, i : i + 1], atol=tol
+        )
+    if fused:  # roll back 3 positions and feed different tokens: the cache holds exactly the kept prefix
+        assert cache[0].trim(3) == 3 and cache[0].offset == len(ids) - 3
+        for c in cache[1:]:
+            c.trim(3)
+        other = ids[:-3] + [99, 98, 97]
+        again = np.array(ref.module(mx.array(other)[None]))
+        got = np.array(fast.module(mx.array(other[-3:])[None], cache=cache))
+        np.testing.assert_allclose(got, again[:, -3:], atol=tol)
+
+
+def test_fused_model_generates_exactly_with_drafts_and_chat(quantized_models):
+    model = edge.load(quantized_models["gguf"])
+    prompt = "the quick brown fox the quick brown fox the quick"
+    plain = model.generate(prompt, max_tokens=24)
+    assert model.generate(prompt, max_tokens=24, draft="lookup") == plain
+    assert model.generate(prompt, max_tokens=24, draft="self:4") == plain
+    chat = edge.Chat(model)
+    list(chat.send("hello there", max_tokens=8))
+    second = list(chat.send("and again", max_tokens=8))[-1]
+    assert second.stats.reused_tokens > 0
+    fresh = edge.Chat(edge.load(quantized_models["gguf"], compute="native"))
+    list(fresh.send("hello there", max_tokens=8))
+    assert list(fresh.send("and again", max_tokens=8))[-1].text == second.text

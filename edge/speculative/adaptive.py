@@ -3,8 +3,9 @@
 With per-token acceptance a, a step that drafts k tokens yields E(k) = (1 - a^(k+1)) / (1 - a) tokens and
 costs k * t_draft + t_verify(k), where t_verify(k) = t0 + k * t_extra (one target pass over k + 1
 positions). Plain decoding yields 1 token per t0. When no k > 0 beats plain, speculation is off for the
-request, and every `probe_every` steps it tries k = 1 again to re-measure (unless drafting one token
-costs as much as a target step, in which case no k can ever pay).
+request: the loop decodes plainly, pipelined like `generate.token_stream`, for `probe_every` tokens, then
+tries k = 1 again to re-measure (unless drafting one token costs as much as a target step, in which case
+no k can ever pay).
 """
 
 from __future__ import annotations
@@ -86,6 +87,19 @@ class DraftLength:
         else:
             self.steps_off = 0
         return best_k
+
+    def plain_burst(self, limit: int) -> int:
+        """Tokens to decode plainly (pipelined) while speculation is off: until the next probe, so a fast
+        target does not pay a synchronous step per token. 0 while still measuring or when not adaptive."""
+        if not self.adaptive or self.t0 is None or self.t_extra is None or limit <= 0:
+            return 0
+        n = min(self.probe_every, limit)
+        self.steps_off = self.probe_every - 1  # the step after the burst probes again
+        return n
+
+    def record_plain(self, tokens: int, seconds: float) -> None:
+        """Seconds of a pipelined plain burst: plain decoding's real cost, what drafting must beat."""
+        self.t0 = self._avg(self.t0, seconds / max(tokens, 1))
 
     def record(self, drafted: int, accepted: int, t_draft: float, t_verify: float) -> None:
         """Update the estimates after a step that drafted `drafted` tokens and accepted `accepted`."""

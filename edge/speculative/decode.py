@@ -16,8 +16,8 @@ import numpy as np
 
 from ..errors import EdgeError
 from ..events import DraftStats
-from ..generate import prefill
-from ..sampling import LogitsProcessor, Sampling, make_distribution
+from ..generate import prefill, token_stream
+from ..sampling import LogitsProcessor, Sampling, make_distribution, make_sampler
 from .adaptive import DraftLength
 from .drafters import Drafter
 from .verify import accept_greedy, accept_sampled
@@ -58,6 +58,7 @@ def speculative_token_stream(
     if hasattr(drafter, "attach"):
         drafter.attach(controller)  # auto's second drafter is judged with the loop's measured verify costs
     distribution = make_distribution(sampling)
+    sampler = make_sampler(sampling)
     rng = np.random.default_rng(sampling.seed)
     tokens = list(history)  # settled tokens; the last one is not yet in the target cache
     prefill(module, mx.array(prompt), cache)
@@ -65,6 +66,18 @@ def speculative_token_stream(
     produced = 0
     while produced < max_tokens:
         k = controller.choose(max_tokens - produced - 1)  # drafts beyond max_tokens would be wasted
+        burst = controller.plain_burst(max_tokens - produced) if k == 0 else 0
+        if burst:  # speculation is off: decode plainly with the next step queued, as generate does
+            start = time.perf_counter()
+            for token in token_stream(module, tokens[-1:], cache, sampler, processors, burst, tokens):
+                tokens.append(token)
+                produced += 1
+                yield token
+            elapsed = time.perf_counter() - start
+            controller.record_plain(burst, elapsed)
+            for _ in range(burst):
+                stats.record(0, 0, 0.0, elapsed / burst)
+            continue
         start = time.perf_counter()
         drafts, q = drafter.propose(tokens, k, distribution) if k > 0 else ([], None)
         drafts = drafts[:k]

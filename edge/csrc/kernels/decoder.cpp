@@ -43,15 +43,13 @@ void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int o
   const int H = L.heads, KVH = L.kv_heads, hd = L.head_dim, half = hd / 2, F = p.q[4].N;
   std::vector<float> xn(static_cast<size_t>(M) * D), q(static_cast<size_t>(M) * H * hd),
       k(static_cast<size_t>(M) * KVH * hd), v(static_cast<size_t>(M) * KVH * hd), att(static_cast<size_t>(M) * H * hd),
-      o(static_cast<size_t>(M) * D), g(static_cast<size_t>(M) * F), u(static_cast<size_t>(M) * F),
-      scores(static_cast<size_t>(offset + M));
+      o(static_cast<size_t>(M) * D), g(static_cast<size_t>(M) * F), u(static_cast<size_t>(M) * F);
   float* h = p.out;
   std::copy(p.h, p.h + static_cast<size_t>(M) * D, h);
 
   rms_norm(h, p.attn_norm, xn.data(), M, D, L.eps);
-  qmatmul(xn.data(), M, p.q[0], q.data());
-  qmatmul(xn.data(), M, p.q[1], k.data());
-  qmatmul(xn.data(), M, p.q[2], v.data());
+  float* qkv[3] = {q.data(), k.data(), v.data()};
+  qmatmul_many(xn.data(), M, p.q, qkv, 3);
   for (int i = 0; i < M; ++i) {
     const int pos = offset + i;
     const float *c = p.cos + static_cast<size_t>(pos) * half, *s = p.sin + static_cast<size_t>(pos) * half;
@@ -65,9 +63,11 @@ void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int o
     }
   }
   const int group = H / KVH;
-  for (int i = 0; i < M; ++i) {
-    const int n_ctx = offset + i + 1;
-    for (int hh = 0; hh < H; ++hh) {
+  // attention, one (row, head) pair at a time, split over the cores
+  parallel_for(M * H, static_cast<long>(M) * H * (offset + M) * hd * 2, [&](int begin, int end) {
+    std::vector<float> scores(static_cast<size_t>(offset + M));
+    for (int ih = begin; ih < end; ++ih) {
+      const int i = ih / H, hh = ih % H, n_ctx = offset + i + 1;
       const float* qv = q.data() + (static_cast<size_t>(i) * H + hh) * hd;
       const float* K = p.k_cache + static_cast<size_t>(hh / group) * capacity * hd;
       const float* V = p.v_cache + static_cast<size_t>(hh / group) * capacity * hd;
@@ -88,13 +88,13 @@ void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int o
         for (int e = 0; e < hd; ++e) a[e] += w * vr[e];
       }
     }
-  }
+  });
   qmatmul(att.data(), M, p.q[3], o.data());
   for (size_t i = 0; i < o.size(); ++i) h[i] += o[i];
 
   rms_norm(h, p.mlp_norm, xn.data(), M, D, L.eps);
-  qmatmul(xn.data(), M, p.q[4], g.data());
-  qmatmul(xn.data(), M, p.q[5], u.data());
+  float* gate_up[2] = {g.data(), u.data()};
+  qmatmul_many(xn.data(), M, p.q + 4, gate_up, 2);
   for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
   qmatmul(g.data(), M, p.q[6], o.data());
   for (size_t i = 0; i < o.size(); ++i) h[i] += o[i];

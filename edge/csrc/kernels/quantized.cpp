@@ -309,7 +309,10 @@ void rows_neon(const Problem& p, int n0, int n1) {
 }
 #endif
 
-void run(const Problem& p) {
+// Products of one input x with `count` weights of the same width, group size and bits (q, k and v; gate and
+// up): x is prepared once and the rows of all products are split over the cores in one round.
+void run_many(const Problem* ps, int count) {
+  const Problem& p = ps[0];
 #if EDGE_AVX2
   std::vector<int16_t> q(static_cast<size_t>(p.M) * p.K);
   std::vector<float> qs(static_cast<size_t>(p.M) * (p.K / 32));
@@ -326,23 +329,36 @@ void run(const Problem& p) {
       xsum[m * p.G + g] = acc;
     }
 #endif
-  auto part = [&p
+  auto rows = [&](const Problem& r, int n0, int n1) {
 #if EDGE_AVX2
-                , &qx
-#endif
-  ](int n0, int n1) {
-#if EDGE_AVX2
-    p.bits == 4 ? rows_avx2<4>(p, qx, n0, n1) : rows_avx2<8>(p, qx, n0, n1);
+    r.bits == 4 ? rows_avx2<4>(r, qx, n0, n1) : rows_avx2<8>(r, qx, n0, n1);
 #elif EDGE_NEON
-    p.bits == 4 ? rows_neon<4>(p, n0, n1) : rows_neon<8>(p, n0, n1);
+    r.bits == 4 ? rows_neon<4>(r, n0, n1) : rows_neon<8>(r, n0, n1);
 #else
-    p.bits == 4 ? rows_portable<4>(p, n0, n1) : rows_portable<8>(p, n0, n1);
+    r.bits == 4 ? rows_portable<4>(r, n0, n1) : rows_portable<8>(r, n0, n1);
 #endif
   };
-  // Split the output rows over the cores (a product this small stays on the calling thread).
-  const int parts = static_cast<long>(p.N) * p.K * p.M > PARALLEL_MACS ? std::min(pool().size(), std::max(1, p.N / 64)) : 1;
-  const int step = (p.N + parts - 1) / parts;
-  pool().run(parts, [&](int t) { part(std::min(p.N, t * step), std::min(p.N, (t + 1) * step)); });
+  long total = 0;
+  for (int i = 0; i < count; ++i) total += ps[i].N;
+  // Split the rows of all products over the cores (small work stays on the calling thread).
+  const int parts = total * p.K * p.M > PARALLEL_MACS ? std::min<long>(pool().size(), std::max(1l, total / 64)) : 1;
+  const long step = (total + parts - 1) / parts;
+  pool().run(parts, [&](int t) {
+    long lo = t * step, hi = std::min(total, (t + 1) * step), base = 0;
+    for (int i = 0; i < count && lo < hi; ++i) {
+      const long n = ps[i].N;
+      if (lo < base + n) {
+        const long end = std::min(hi, base + n);
+        rows(ps[i], static_cast<int>(lo - base), static_cast<int>(end - base));
+        lo = end;
+      }
+      base += n;
+    }
+  });
+}
+
+void run(const Problem& p) {
+  run_many(&p, 1);
 }
 
 // Fill `out` (row-contiguous) from a strided 4-byte array (MLX does not export its own copy kernels). Rare:
@@ -361,10 +377,30 @@ void strided_fill(const array& a, array& out) {
 
 } // namespace
 
+void parallel_for(int n, long work, const std::function<void(int, int)>& body) {
+  const int parts = work > PARALLEL_MACS ? std::min(pool().size(), n) : 1;
+  const int step = (n + parts - 1) / std::max(parts, 1);
+  pool().run(parts, [&](int t) {
+    if (t * step < n) body(t * step, std::min(n, (t + 1) * step));
+  });
+}
+
 void qmatmul(const float* x, int M, const QWeight& q, float* y) {
-  const int G = q.K / q.gs;
+  qmatmul_many(x, M, &q, &y, 1);
+}
+
+void qmatmul_many(const float* x, int M, const QWeight* qs, float* const* ys, int count) {
+  for (int i = 1; i < count; ++i)
+    if (qs[i].K != qs[0].K || qs[i].gs != qs[0].gs || qs[i].bits != qs[0].bits) {
+      for (int j = 0; j < count; ++j) qmatmul(x, M, qs[j], ys[j]);
+      return;
+    }
+  const int G = qs[0].K / qs[0].gs;
   std::vector<float> xsum(static_cast<size_t>(std::max(1, M * G)));
-  run(Problem{x, q.w, q.s, q.b, xsum.data(), y, M, q.N, q.K, G, q.gs, q.bits});
+  std::vector<Problem> ps;
+  for (int i = 0; i < count; ++i)
+    ps.push_back(Problem{x, qs[i].w, qs[i].s, qs[i].b, xsum.data(), ys[i], M, qs[i].N, qs[i].K, G, qs[i].gs, qs[i].bits});
+  run_many(ps.data(), count);
 }
 
 const char* simd_name() {

@@ -3,6 +3,8 @@
 // ARM, a portable loop elsewhere) and split over the cores. MLX's own CPU quantized_matmul is scalar.
 #pragma once
 
+#include <functional>
+
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
 
@@ -20,7 +22,7 @@ array quantized_matmul(
     int bits,
     StreamOrDevice s = {});
 
-// The raw product for other kernels: y (M x N) = x (M x K) @ dequantize(w).T, on the calling thread's pool.
+// The raw product for other kernels: y (M x N) = x (M x K) @ dequantize(w).T, split over edge's worker pool.
 struct QWeight {
   const uint32_t* w;
   const float* s;
@@ -28,6 +30,11 @@ struct QWeight {
   int N, K, gs, bits;
 };
 void qmatmul(const float* x, int M, const QWeight& q, float* y);
+// Several products of the same x (same K, group size and bits), split over the cores in one round.
+void qmatmul_many(const float* x, int M, const QWeight* qs, float* const* ys, int count);
+
+// body(begin, end) over [0, n) split across edge's worker pool when `work` (multiply-adds) makes it pay.
+void parallel_for(int n, long work, const std::function<void(int, int)>& body);
 
 // Which vector unit the kernels were compiled for ("avx512", "avx2", "neon" or "portable").
 const char* simd_name();
