@@ -31,3 +31,19 @@ def trim_to(cache: list, keep: int) -> bool:
         return False
     trim_prompt_cache(cache, extra)
     return True
+
+
+class OffsetCache:
+    """A cache whose first `offset` positions are valid: rolling back is moving the offset, since later
+    positions are masked or overwritten by the next write (Core ML states, edge's fused-layer caches).
+    Duck-types mlx-lm's trimmable caches, so Chat and speculative decoding treat it like theirs."""
+
+    offset: int = 0
+
+    def is_trimmable(self) -> bool:
+        return True
+
+    def trim(self, n: int) -> int:
+        n = min(self.offset, n)
+        self.offset -= n
+        return n

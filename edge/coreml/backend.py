@@ -18,6 +18,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from ..cache import OffsetCache
 from ..errors import EdgeError, UnsupportedModelError
 from .contract import CAUSAL_MASK, INPUT_IDS, LOGITS, causal_mask, import_coremltools
 from .package import Package
@@ -25,8 +26,8 @@ from .package import Package
 ENGINES = ("coreml", "reference")
 
 
-class StateCache:
-    """A package's state and how many positions of it are in use (duck-types mlx-lm's trimmable caches)."""
+class StateCache(OffsetCache):
+    """A package's state and how many positions of it are in use."""
 
     def __init__(self, state, context: int):
         self.engine_state = state
@@ -36,14 +37,6 @@ class StateCache:
     @property
     def state(self) -> list:
         return []  # nothing for mx.eval to do: the engine ran eagerly
-
-    def is_trimmable(self) -> bool:
-        return True
-
-    def trim(self, n: int) -> int:
-        n = min(self.offset, n)
-        self.offset -= n
-        return n
 
 
 class PackageModule:

@@ -15,6 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..architecture import rope_tables
+from ..cache import OffsetCache
 from .cpu import load_extension
 from .quantized import KernelQuantizedLinear
 
@@ -24,9 +25,9 @@ MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 GROW = 256
 
 
-class LayerCache:
+class LayerCache(OffsetCache):
     """One layer's keys and values (kv_heads, capacity, head_dim) in fp32, written in place by the kernel;
-    `offset` positions are valid. Rolling back is moving the offset (duck-types mlx-lm's trimmable caches)."""
+    `offset` positions are valid."""
 
     def __init__(self, kv_heads: int, head_dim: int):
         self.kv_heads, self.head_dim = kv_heads, head_dim
@@ -37,14 +38,6 @@ class LayerCache:
     @property
     def state(self) -> list:
         return [] if self.last is None else [self.last]  # evaluating it runs the writes
-
-    def is_trimmable(self) -> bool:
-        return True
-
-    def trim(self, n: int) -> int:
-        n = min(self.offset, n)
-        self.offset -= n
-        return n
 
     def reserve(self, n: int) -> None:
         """Room for n more positions: grow in steps, copying what is held (before any write of this step)."""
