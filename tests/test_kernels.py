@@ -170,3 +170,50 @@ def test_fused_model_generates_exactly_with_drafts_and_chat(quantized_models):
     fresh = edge.Chat(edge.load(quantized_models["gguf"], compute="native"))
     list(fresh.send("hello there", max_tokens=8))
     assert list(fresh.send("and again", max_tokens=8))[-1].text == second.text
+
+
+PORTABLE_CHECK = r"""
+import importlib.util, sys
+import mlx.core as mx
+spec = importlib.util.spec_from_file_location("_edge_kernels", sys.argv[1])
+ext = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ext)
+assert ext.simd() == "portable", ext.simd()
+worst = 0.0
+for bits in (4, 8):
+    for gs in (32, 64, 128):
+        for n, m in ((1, 1), (13, 3), (70, 6)):
+            w = mx.random.normal((n, 256), key=mx.random.key(n + m + bits)) * 0.05
+            wq, s, b = mx.quantize(w, group_size=gs, bits=bits)
+            x = mx.random.normal((m, 256), key=mx.random.key(gs))
+            got = ext.quantized_matmul(x, wq, s, b, gs, bits)
+            want = mx.quantized_matmul(x, wq, s, b, transpose=True, group_size=gs, bits=bits)
+            worst = max(worst, (mx.abs(got - want).max() / mx.abs(want).max()).item())
+print(worst)
+"""
+
+
+def test_portable_fallback_build(build_cache):
+    """The loops compiled for the baseline CPU (no AVX2): what runs on a CPU without the vector units."""
+    import os
+
+    from edge.kernels.cpu import build
+
+    so = build(native=False)
+    env = {**os.environ, "EDGE_BUILD": str(build_cache)}
+    done = subprocess.run([sys.executable, "-c", PORTABLE_CHECK, str(so)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) < 1e-4
+
+
+def test_a_failed_build_falls_back_to_mlx_ops(monkeypatch):
+    import edge.kernels.cpu as cpu
+
+    def no_compiler(native=True):
+        raise RuntimeError("building edge's kernels failed: no C++ compiler")
+
+    monkeypatch.setattr(cpu, "build", no_compiler)
+    monkeypatch.setattr(cpu, "_status", None)
+    monkeypatch.setattr(cpu, "_module", None)
+    assert cpu.load_extension() is None
+    assert "MLX's own ops (building edge's kernels failed" in str(cpu.status())

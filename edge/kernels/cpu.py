@@ -76,9 +76,10 @@ def _cmake() -> str:
         return found
 
 
-def build() -> Path:
-    """The compiled extension, building it into the cache if this source / mlx / CPU has none yet."""
-    out = build_dir() / f"kernels-{_key()}"
+def build(native: bool = True) -> Path:
+    """The compiled extension, building it into the cache if this source / mlx / CPU has none yet.
+    native=False compiles for the baseline CPU (the portable loops on x86-64): the fallback, for tests."""
+    out = build_dir() / f"kernels-{_key()}{'' if native else '-portable'}"
     found = sorted(out.glob(f"{MODULE}*.so")) if out.exists() else []
     if found:
         return found[0]
@@ -86,10 +87,12 @@ def build() -> Path:
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".kernels-") as tmp:
         work = Path(tmp) / "build"
         configure = [_cmake(), "-S", str(SOURCE_DIR), "-B", str(work), f"-DPython_EXECUTABLE={sys.executable}"]
+        configure.append(f"-DEDGE_NATIVE={'ON' if native else 'OFF'}")
         for cmd in (configure, [_cmake(), "--build", str(work), "-j", str(os.cpu_count() or 2)]):
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
-                tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+                lines = (done.stderr + done.stdout).strip().splitlines()
+                tail = [line for line in lines if "error" in line][:3] or lines[-3:]
                 raise RuntimeError(f"building edge's kernels failed: {' | '.join(tail)[:400]}")
         staged = Path(tmp) / "out"
         staged.mkdir()

@@ -75,7 +75,7 @@ class Pool {
  private:
   static void spin_pause() {
 #if defined(__x86_64__)
-    _mm_pause();
+    __builtin_ia32_pause();
 #elif defined(__aarch64__)
     asm volatile("yield");
 #endif
