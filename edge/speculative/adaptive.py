@@ -3,8 +3,9 @@
 With per-token acceptance a, a step that drafts k tokens yields E(k) = (1 - a^(k+1)) / (1 - a) tokens and
 costs k * t_draft + t_verify(k), where t_verify(k) = t0 + k * t_extra (one target pass over k + 1
 positions). Plain decoding yields 1 token per t0. When no k > 0 beats plain, speculation is off for the
-request: the loop decodes plainly, pipelined like `generate.token_stream`, for `probe_every` tokens, then
-tries k = 1 again to re-measure (unless drafting one token costs as much as a target step, in which case
+request: the loop decodes plainly, pipelined like `generate.token_stream`, for `probe_every` tokens (twice
+as many after each probe that finds drafting still not paying, up to `max_burst`), then tries k = 1 again
+to re-measure (unless drafting one token costs as much as a target step, in which case
 no k can ever pay).
 """
 
@@ -57,6 +58,10 @@ class DraftLength:
     """False: always draft `k_start` tokens (for tests and fixed-length benchmarks)."""
     steps_off: int = 0
     history: dict[int, int] = field(default_factory=dict)
+    burst: int = 16
+    """Plain tokens before the next probe while speculation is off; doubles after each probe that finds
+    it still not paying (up to `max_burst`), back to `probe_every` once it pays."""
+    max_burst: int = 128
 
     @property
     def acceptance(self) -> float:
@@ -86,6 +91,7 @@ class DraftLength:
                 return 1
         else:
             self.steps_off = 0
+            self.burst = self.probe_every
         return best_k
 
     def plain_burst(self, limit: int) -> int:
@@ -93,7 +99,8 @@ class DraftLength:
         target does not pay a synchronous step per token. 0 while still measuring or when not adaptive."""
         if not self.adaptive or self.t0 is None or self.t_extra is None or limit <= 0:
             return 0
-        n = min(self.probe_every, limit)
+        n = min(self.burst, limit)
+        self.burst = min(2 * self.burst, self.max_burst)
         self.steps_off = self.probe_every - 1  # the step after the burst probes again
         return n
 
