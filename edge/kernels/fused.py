@@ -53,26 +53,51 @@ class LayerCache(OffsetCache):
         self.keys, self.values = keys, values
 
 
+def _projections(layer) -> list:
+    """The layer's seven linear layers, in the order the kernel takes them."""
+    out = []
+    for name in PROJECTIONS + MLP:
+        mod = layer
+        for part in name.split("."):
+            mod = getattr(mod, part)
+        out.append(mod)
+    return out
+
+
 def _shape(model: nn.Module):
-    """Heads, widths and the RoPE table, or None when a layer is not one the kernel expresses."""
-    if getattr(getattr(model, "args", None), "model_type", None) not in FAMILIES:
+    """(heads, kv_heads, head_dim), or None when a layer is not one the kernel expresses."""
+    args = getattr(model, "args", None)
+    if getattr(args, "model_type", None) not in FAMILIES:
         return None
-    inner = model.model
-    attn = inner.layers[0].self_attn
-    head_dim = attn.q_proj["weight"].shape[0] // attn.n_heads if "weight" in attn.q_proj else 0
+    if set(getattr(args, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
+        return None  # sliding-window layers: mlx-lm's rotating caches
+    attn = model.model.layers[0].self_attn
+    head_dim = int(attn.q_proj["weight"].shape[0]) // attn.n_heads
     rope = attn.rope
     if getattr(rope, "traditional", False) or int(getattr(rope, "dims", head_dim)) != head_dim or head_dim % 2:
         return None
-    for layer in inner.layers:
-        for name in PROJECTIONS + MLP:
-            mod = layer
-            for part in name.split("."):
-                mod = getattr(mod, part)
-            if not isinstance(mod, KernelQuantizedLinear) or "bias" in mod:
-                return None
+    for layer in model.model.layers:
+        if any(not isinstance(m, KernelQuantizedLinear) or "bias" in m for m in _projections(layer)):
+            return None
         if not all(isinstance(n, nn.RMSNorm) for n in (layer.input_layernorm, layer.post_attention_layernorm)):
             return None
-    return attn.n_heads, attn.n_kv_heads, int(attn.q_proj.weight.shape[0]) // attn.n_heads
+    return attn.n_heads, attn.n_kv_heads, head_dim
+
+
+def _layer_arguments(layer, shape) -> tuple:
+    """Everything but the activations and the cache that `decoder_layer` takes, gathered once at fuse time
+    (not per token: Python time counts at 100 tokens per second)."""
+    mods = _projections(layer)
+    return (
+        layer.input_layernorm.weight,
+        layer.post_attention_layernorm.weight,
+        [a for m in mods for a in (m["weight"], m["scales"], m["biases"])],
+        *shape,
+        float(layer.input_layernorm.eps),
+        float(layer.self_attn.scale),
+        [m.bits for m in mods],
+        [m.group_size for m in mods],
+    )
 
 
 def fuse(model: nn.Module, context: int) -> bool:
@@ -84,8 +109,10 @@ def fuse(model: nn.Module, context: int) -> bool:
     if shape is None:
         return False
     heads, kv_heads, head_dim = shape
-    attn = model.model.layers[0].self_attn
-    cos, sin = rope_tables(attn.rope, context, head_dim)
+    cos, sin = rope_tables(model.model.layers[0].self_attn.rope, context, head_dim)
+    tables = (mx.array(cos), mx.array(sin))
+    mx.eval(tables)
+    layers = [_layer_arguments(layer, shape) for layer in model.model.layers]
     base = type(model)
 
     class Fused(base):
@@ -95,48 +122,20 @@ def fuse(model: nn.Module, context: int) -> bool:
         def __call__(self, inputs, cache=None, **kwargs):
             if not cache or not isinstance(cache[0], LayerCache) or inputs.shape[0] != 1:
                 return base.__call__(self, inputs, cache=cache, **kwargs)
-            return _forward(self, ext, inputs, cache, tables, (heads, kv_heads, head_dim))
+            return _forward(self, ext, inputs, cache, tables, layers)
 
     Fused.__name__ = Fused.__qualname__ = f"Fused{base.__name__}"
-    tables = (mx.array(cos), mx.array(sin))
-    mx.eval(tables)
     model.__class__ = Fused
     return True
 
 
-def _forward(model, ext, inputs: mx.array, cache: list[LayerCache], tables, shape) -> mx.array:
-    heads, kv_heads, head_dim = shape
+def _forward(model, ext, inputs: mx.array, cache: list[LayerCache], tables, layers: list[tuple]) -> mx.array:
     inner = model.model
     n = inputs.shape[1]
     h = inner.embed_tokens(inputs[0]).astype(mx.float32)
-    for layer, c in zip(inner.layers, cache, strict=True):
+    for (attn_norm, mlp_norm, quantized, *rest), c in zip(layers, cache, strict=True):
         c.reserve(n)
-        quantized, bits, sizes = [], [], []
-        for name in PROJECTIONS + MLP:
-            mod = layer
-            for part in name.split("."):
-                mod = getattr(mod, part)
-            quantized += [mod["weight"], mod["scales"], mod["biases"]]
-            bits.append(mod.bits)
-            sizes.append(mod.group_size)
-        attn = layer.self_attn
-        h = ext.decoder_layer(
-            h,
-            layer.input_layernorm.weight,
-            layer.post_attention_layernorm.weight,
-            *tables,
-            c.keys,
-            c.values,
-            quantized,
-            heads,
-            kv_heads,
-            head_dim,
-            float(layer.input_layernorm.eps),
-            float(attn.scale),
-            bits,
-            sizes,
-            c.offset,
-        )
+        h = ext.decoder_layer(h, attn_norm, mlp_norm, *tables, c.keys, c.values, quantized, *rest, c.offset)
         c.offset += n
         c.last = h
     h = inner.norm(h)
