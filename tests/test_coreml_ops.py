@@ -41,6 +41,31 @@ def test_lut_to_dense_picks_each_groups_table():
     )
 
 
+def test_vector_lut_fills_vectors_along_the_axis():
+    """The docs' case 2.1: 1-bit indices (2, 2, 2), one table of two 3-vectors, vector_axis 1 -> (2, 6, 2)."""
+    indices = np.array([[[0, 0], [1, 0]], [[1, 1], [0, 0]]], np.uint8)
+    lut = np.array([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]], np.float16).reshape(1, 1, 1, 2, 3)
+    out = ops.constexpr_lut_to_dense(indices, lut, vector_axis=1)
+    assert out.shape == (2, 6, 2)
+    for i, j, k, v in itertools.product(range(2), range(2), range(2), range(3)):
+        assert out[i, j * 3 + v, k] == lut[0, 0, 0, indices[i, j, k], v]
+
+
+def test_gather_with_batch_dims_pairs_the_leading_axes():
+    x = rng.random((3, 5, 4))
+    idx = rng.integers(0, 5, size=(3, 2))
+    out = ops.gather(x, idx, axis=1, batch_dims=1)
+    assert out.shape == (3, 2, 4)
+    for b, j in itertools.product(range(3), range(2)):
+        np.testing.assert_array_equal(out[b, j], x[b, idx[b, j]])
+
+
+def test_concat_interleave_alternates_elements():
+    a, b = np.arange(6).reshape(2, 3), 10 + np.arange(6).reshape(2, 3)
+    out = ops.concat([a, b], axis=1, interleave=True)
+    np.testing.assert_array_equal(out, [[0, 10, 1, 11, 2, 12], [3, 13, 4, 14, 5, 15]])
+
+
 def test_gather_and_shape_and_range():
     x = rng.random((5, 3)).astype(np.float32)
     idx = np.array([[4, 0, 4]], np.int32)

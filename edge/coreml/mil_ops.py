@@ -39,22 +39,33 @@ def constexpr_blockwise_shift_scale(data, scale, offset=None):
 
 
 def constexpr_lut_to_dense(indices, lut, vector_axis=None):
-    """output[i] = lut[block of i][indices[i]] (scalar palettization; a lut of rank indices.rank + 2)."""
-    if lut.shape[-1] != 1:
-        raise NotImplementedError("vector palettization (VECTOR_SIZE > 1) is not emitted by edge")
-    rank = indices.ndim
-    table = lut[..., 0]  # (*groups, K)
+    """output[i] = lut[block of i][indices[i]]; lut has rank indices.rank + 2: (*groups, K, VECTOR_SIZE).
+
+    With VECTOR_SIZE > 1 each index fetches a vector, laid out along `vector_axis` (the output is
+    VECTOR_SIZE times longer there); the groups divide the output's dimensions.
+    """
+    rank, vsize = indices.ndim, lut.shape[-1]
+    vaxis = int(vector_axis) % rank if vsize > 1 else -1
+    out_shape = [n * (vsize if a == vaxis else 1) for a, n in enumerate(indices.shape)]
     group_index = tuple(
-        (np.arange(n) // (n // g)).reshape([-1 if a == axis else 1 for a in range(rank)])
-        for axis, (n, g) in enumerate(zip(indices.shape, table.shape[:rank], strict=True))
+        ((np.arange(n) * (vsize if a == vaxis else 1)) // (out_shape[a] // g)).reshape(
+            [-1 if b == a else 1 for b in range(rank)]
+        )
+        for a, (n, g) in enumerate(zip(indices.shape, lut.shape[:rank], strict=True))
     )
-    return table[group_index + (indices.astype(np.int64),)].astype(np.float32)
+    values = lut[group_index + (indices.astype(np.int64),)]  # (*indices.shape, VECTOR_SIZE)
+    if vsize == 1:
+        return values[..., 0].astype(np.float32)
+    values = np.moveaxis(values, -1, vaxis + 1)  # each vector right after its index's position
+    return values.reshape(out_shape).astype(np.float32)
 
 
 def gather(x, indices, axis=0, batch_dims=0, validate_indices=False):
-    if batch_dims:
-        raise NotImplementedError("gather with batch_dims")
-    return np.take(x, indices.astype(np.int64), axis=int(axis))
+    """np.take along `axis`; the first `batch_dims` axes of x and indices are paired, not gathered over."""
+    indices = indices.astype(np.int64)
+    if not batch_dims:
+        return np.take(x, indices, axis=int(axis))
+    return np.stack([gather(xb, ib, int(axis) - 1, batch_dims - 1) for xb, ib in zip(x, indices, strict=True)])
 
 
 def shape(x):
@@ -103,9 +114,14 @@ def real_div(x, y):
 
 
 def concat(values, axis, interleave=False):
-    if interleave:
-        raise NotImplementedError("concat with interleave")
-    return np.concatenate(values, axis=int(axis))
+    """Values joined along `axis`; interleaved: element i of every value in turn (all the same shape)."""
+    axis = int(axis) % values[0].ndim
+    if not interleave:
+        return np.concatenate(values, axis=axis)
+    stacked = np.stack(values, axis=axis + 1)
+    shape = list(values[0].shape)
+    shape[axis] *= len(values)
+    return stacked.reshape(shape)
 
 
 def reshape(x, shape):
