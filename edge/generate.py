@@ -60,7 +60,7 @@ def token_stream(
             seen = mx.concatenate([seen, y]) if generated else seen
             for p in processors:
                 logits = p(seen, logits)
-        return sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+        return sampler(logits)
 
     y = step(prefill(module, mx.array(prompt), cache), generated=False)
     mx.async_eval(y)

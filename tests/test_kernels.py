@@ -13,6 +13,7 @@ import pytest
 import edge
 from edge.kernels import status
 from edge.kernels.cpu import load_extension
+from edge.kernels.layout import dequantize, pack
 
 pytestmark = pytest.mark.skipif(not status().active, reason=f"edge's CPU kernels are not built here: {status()}")
 
@@ -28,12 +29,14 @@ def _case(n, k, m, bits, gs, seed):
 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("gs", [32, 64, 128])
-@pytest.mark.parametrize(("n", "m"), [(1, 1), (7, 3), (13, 4), (200, 5), (67, 17)])
+@pytest.mark.parametrize(("n", "m"), [(1, 1), (7, 3), (13, 4), (200, 5), (67, 17), (48, 8)])
 def test_product_equals_dequantize_then_matmul(bits, gs, n, m):
-    """Odd output widths, a single row, many rows: against dequantize (fp32) @ x, an independent reference."""
+    """Odd output widths (a partial last panel), a single row, many rows: against dequantize (fp64) @ x, an
+    independent reference, and MLX's own quantized_matmul; each row alone gives the same bits as in the batch."""
     k = 384
     x, wq, s, b = _case(n, k, m, bits, gs, seed=n * 31 + m + bits + gs)
-    got = np.array(load_extension().quantized_matmul(x, wq, s, b, gs, bits))
+    packed = pack(wq, s, b, bits, gs)
+    got = np.array(load_extension().packed_matmul(x, *packed, n, gs, bits))
     w = np.array(mx.dequantize(wq, s, b, group_size=gs, bits=bits)).astype(np.float64)
     want = np.array(x).astype(np.float64) @ w.T
     scale = np.abs(np.array(x)).max() * np.abs(w).sum(axis=1).max()
@@ -41,29 +44,53 @@ def test_product_equals_dequantize_then_matmul(bits, gs, n, m):
     np.testing.assert_allclose(got, want, atol=2e-5 * scale)
     mlx_ops = np.array(mx.quantized_matmul(x, wq, s, b, transpose=True, group_size=gs, bits=bits))
     np.testing.assert_allclose(got, mlx_ops, atol=2e-5 * scale)
+    for i in {0, m - 1}:  # a verify pass over m positions must equal m single-position steps exactly
+        alone = np.array(load_extension().packed_matmul(x[i : i + 1], *packed, n, gs, bits))
+        assert np.array_equal(alone[0], got[i])
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("gs", [32, 128])
+def test_packed_layout_reads_back_exactly(bits, gs):
+    """pack then dequantize gives MLX's own dequantized weights bit for bit, whole or by rows (an embedding
+    lookup of a tied head), for a width that leaves a partial last panel."""
+    _, wq, s, b = _case(37, 256, 1, bits, gs, seed=bits + gs)
+    packed = pack(wq, s, b, bits, gs)
+    assert packed[0].dtype == mx.uint8 and packed[0].shape == (3, 2 * 256 * bits)
+    assert packed[1].shape == (3, 256 // gs, 16)
+    want = mx.dequantize(wq, s, b, group_size=gs, bits=bits)
+    assert mx.array_equal(dequantize(*packed, 37, bits, gs), want).item()
+    ids = mx.array([[36, 0, 17], [16, 15, 36]])
+    assert mx.array_equal(dequantize(*packed, 37, bits, gs, rows=ids), want[ids]).item()
 
 
 def test_strided_and_batched_inputs():
     x, wq, s, b = _case(48, 64, 6, 4, 32, seed=7)
     ext = load_extension()
+    packed = pack(wq, s, b, 4, 32)
     xt = mx.transpose(x.reshape(2, 3, 64), (1, 0, 2))  # a strided view, (3, 2, 64)
     want = mx.quantized_matmul(xt, wq, s, b, transpose=True, group_size=32, bits=4)
-    got = ext.quantized_matmul(xt, wq, s, b, 32, 4)
+    got = ext.packed_matmul(xt, *packed, 48, 32, 4)
     assert got.shape == (3, 2, 48)
     assert mx.allclose(got, want, atol=1e-4).item()
-    x16, s16, b16 = x.astype(mx.float16), s.astype(mx.float16), b.astype(mx.float16)  # raised to fp32 inside
-    half = ext.quantized_matmul(x16, wq, s16, b16, 32, 4)
-    want = ext.quantized_matmul(x16.astype(mx.float32), wq, s16.astype(mx.float32), b16.astype(mx.float32), 32, 4)
-    assert half.dtype == mx.float32 and mx.array_equal(half, want).item()
+    x16 = x.astype(mx.float16)  # raised to fp32 inside
+    half = ext.packed_matmul(x16, *packed, 48, 32, 4)
+    assert (
+        half.dtype == mx.float32
+        and mx.array_equal(half, ext.packed_matmul(x16.astype(mx.float32), *packed, 48, 32, 4)).item()
+    )
 
 
 def test_bad_arguments_are_refused():
     x, wq, s, b = _case(8, 64, 1, 4, 32, seed=1)
     ext = load_extension()
+    packed = pack(wq, s, b, 4, 32)
     with pytest.raises(ValueError, match="bits"):
-        ext.quantized_matmul(x, wq, s, b, 32, 3)
+        ext.packed_matmul(x, *packed, 8, 32, 3)
     with pytest.raises(ValueError, match="last axis"):
-        ext.quantized_matmul(x[:, :32], wq, s, b, 32, 4)
+        ext.packed_matmul(x[:, :32], *packed, 8, 32, 4)
+    with pytest.raises(ValueError, match="scales and biases"):
+        ext.packed_matmul(x, packed[0], s, b, 8, 32, 4)  # MLX's own layout, not the packed one
 
 
 def test_a_model_on_the_kernels_matches_mlx_ops(gguf_model, tmp_path):
@@ -84,12 +111,12 @@ def test_a_model_on_the_kernels_matches_mlx_ops(gguf_model, tmp_path):
 
 
 def test_self_draft_runs_on_the_kernels(mlx_models):
-    from edge.kernels.quantized import KernelQuantizedLinear
+    from edge.kernels.quantized import PackedLinear
     from edge.speculative import lower_bit_copy
 
     model = edge.load(mlx_models["llama"])
     draft = lower_bit_copy(model, 4, group_size=32)
-    assert any(isinstance(m, KernelQuantizedLinear) for _, m in draft.module.named_modules())
+    assert any(isinstance(m, PackedLinear) for _, m in draft.module.named_modules())
     assert model.generate("hello world", max_tokens=12, draft=draft) == model.generate("hello world", max_tokens=12)
 
 
@@ -98,7 +125,7 @@ def test_abi_mismatch_is_reported():
 
     class Mismatched:
         @staticmethod
-        def quantized_matmul(*args):
+        def packed_matmul(*args):
             raise TypeError("incompatible function arguments")
 
     with pytest.raises(RuntimeError, match="nanobind ABI"):
@@ -175,6 +202,7 @@ def test_fused_model_generates_exactly_with_drafts_and_chat(quantized_models):
 PORTABLE_CHECK = r"""
 import importlib.util, sys
 import mlx.core as mx
+from edge.kernels.layout import pack
 spec = importlib.util.spec_from_file_location("_edge_kernels", sys.argv[1])
 ext = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ext)
@@ -186,7 +214,7 @@ for bits in (4, 8):
             w = mx.random.normal((n, 256), key=mx.random.key(n + m + bits)) * 0.05
             wq, s, b = mx.quantize(w, group_size=gs, bits=bits)
             x = mx.random.normal((m, 256), key=mx.random.key(gs))
-            got = ext.quantized_matmul(x, wq, s, b, gs, bits)
+            got = ext.packed_matmul(x, *pack(wq, s, b, bits, gs), n, gs, bits)
             want = mx.quantized_matmul(x, wq, s, b, transpose=True, group_size=gs, bits=bits)
             worst = max(worst, (mx.abs(got - want).max() / mx.abs(want).max()).item())
 print(worst)

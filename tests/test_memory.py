@@ -37,7 +37,7 @@ def test_quantized_models_run_on_edge_kernels_on_a_cpu(gguf_model, tmp_path):
     auto = edge.plan(folder)
     assert auto.compute == "kernels" and auto.weights_bytes == auto.stored_bytes
     model = edge.load(folder)
-    assert model.kernel_layers > 0 and "KernelQuantizedLinear" in str(type(model.module.model.layers[0].mlp.up_proj))
+    assert model.kernel_layers > 0 and "PackedLinear" in str(type(model.module.model.layers[0].mlp.up_proj))
     assert edge.plan(folder, compute="float32").compute == "float32"
 
 

@@ -109,11 +109,13 @@ def _check(module) -> None:
     """One tiny product against MLX's own: catches a nanobind ABI mismatch and a wrong build."""
     import mlx.core as mx
 
+    from .layout import pack
+
     w = mx.arange(64 * 32, dtype=mx.float32).reshape(64, 32) / 2048 - 0.5
     wq, s, b = mx.quantize(w, group_size=32, bits=4)
     x = mx.linspace(-1, 1, 32).reshape(1, 32)
     try:
-        got = module.quantized_matmul(x, wq, s, b, 32, 4)
+        got = module.packed_matmul(x, *pack(wq, s, b, 4, 32), 64, 32, 4)
     except TypeError as e:
         raise RuntimeError(
             "the kernel extension does not accept mx.array arguments: its nanobind ABI differs from mlx's "

@@ -17,7 +17,7 @@ import mlx.nn as nn
 from ..architecture import rope_tables
 from ..cache import OffsetCache
 from .cpu import load_extension
-from .quantized import KernelQuantizedLinear
+from .quantized import PackedLinear
 
 FAMILIES = ("llama", "mistral", "qwen2")
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
@@ -26,8 +26,9 @@ GROW = 256
 
 
 class LayerCache(OffsetCache):
-    """One layer's keys and values (kv_heads, capacity, head_dim) in fp32, written in place by the kernel;
-    `offset` positions are valid."""
+    """One layer's keys (kv_heads, head_dim, capacity: transposed, so the kernel's scores vectorise over
+    positions) and values (kv_heads, capacity, head_dim) in fp32, written in place by the kernel; `offset`
+    positions are valid."""
 
     def __init__(self, kv_heads: int, head_dim: int):
         self.kv_heads, self.head_dim = kv_heads, head_dim
@@ -39,16 +40,20 @@ class LayerCache(OffsetCache):
     def state(self) -> list:
         return [] if self.last is None else [self.last]  # evaluating it runs the writes
 
+    @property
+    def capacity(self) -> int:
+        return 0 if self.values is None else self.values.shape[1]
+
     def reserve(self, n: int) -> None:
         """Room for n more positions: grow in steps, copying what is held (before any write of this step)."""
-        need = self.offset + n
-        have = 0 if self.keys is None else self.keys.shape[1]
+        need, have = self.offset + n, self.capacity
         if need <= have:
             return
-        size = (self.kv_heads, math.ceil(need / GROW) * GROW, self.head_dim)
-        keys, values = mx.zeros(size), mx.zeros(size)
+        size = math.ceil(need / GROW) * GROW
+        keys = mx.zeros((self.kv_heads, self.head_dim, size))
+        values = mx.zeros((self.kv_heads, size, self.head_dim))
         if self.keys is not None:
-            keys[:, :have], values[:, :have] = self.keys, self.values
+            keys[:, :, :have], values[:, :have] = self.keys, self.values
         mx.eval(keys, values)
         self.keys, self.values = keys, values
 
@@ -72,12 +77,14 @@ def _shape(model: nn.Module):
     if set(getattr(args, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
         return None  # sliding-window layers: mlx-lm's rotating caches
     attn = model.model.layers[0].self_attn
-    head_dim = int(attn.q_proj["weight"].shape[0]) // attn.n_heads
-    rope = attn.rope
-    if getattr(rope, "traditional", False) or int(getattr(rope, "dims", head_dim)) != head_dim or head_dim % 2:
+    if not isinstance(attn.q_proj, PackedLinear):
         return None
+    head_dim = attn.q_proj.output_dims // attn.n_heads
+    rope = attn.rope
+    if getattr(rope, "traditional", False) or int(getattr(rope, "dims", head_dim)) != head_dim or head_dim % 16:
+        return None  # the kernel's attention works on 16 values of a head at a time
     for layer in model.model.layers:
-        if any(not isinstance(m, KernelQuantizedLinear) or "bias" in m for m in _projections(layer)):
+        if any(not isinstance(m, PackedLinear) or "bias" in m for m in _projections(layer)):
             return None
         if not all(isinstance(n, nn.RMSNorm) for n in (layer.input_layernorm, layer.post_attention_layernorm)):
             return None
@@ -97,6 +104,7 @@ def _layer_arguments(layer, shape) -> tuple:
         float(layer.self_attn.scale),
         [m.bits for m in mods],
         [m.group_size for m in mods],
+        [m.output_dims for m in mods],
     )
 
 

@@ -1,12 +1,13 @@
 """Adaptive draft length: pick k to maximise expected tokens per second from measured acceptance and costs.
 
 With per-token acceptance a, a step that drafts k tokens yields E(k) = (1 - a^(k+1)) / (1 - a) tokens and
-costs k * t_draft + t_verify(k), where t_verify(k) = t0 + k * t_extra (one target pass over k + 1
-positions). Plain decoding yields 1 token per t0. When no k > 0 beats plain, speculation is off for the
-request: the loop decodes plainly, pipelined like `generate.token_stream`, for `probe_every` tokens (twice
-as many after each probe that finds drafting still not paying, up to `max_burst`), then tries k = 1 again
-to re-measure (unless drafting one token costs as much as a target step, in which case
-no k can ever pay).
+costs k * t_draft + t_sync + k * t_extra (one synchronous target pass over k + 1 positions). Plain decoding
+yields 1 token per t_plain, and runs pipelined (`generate.token_stream` queues step n + 1 before handing out
+token n), so t_plain < t_sync: that is the rate drafting must beat. A request starts with a few pipelined
+plain tokens (measuring t_plain), then one synchronous step (t_sync), then drafts. When no k > 0 beats
+plain, speculation is off for the request: the loop decodes plainly, pipelined, for `probe_every` tokens
+(twice as many after each probe that finds drafting still not paying, up to `max_burst`), then tries k = 1
+again to re-measure, unless even perfect acceptance could not pay (t_draft + t_extra >= t_plain).
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ class Acceptance:
         return self.successes / max(self.trials, 1e-9)
 
 
-def expected_rate(acceptance: float, k: int, t_draft: float, t0: float, t_extra: float) -> float:
-    """Expected tokens per second of steps that draft k tokens (k = 0: plain decoding, 1 / t0)."""
+def expected_rate(acceptance: float, k: int, t_draft: float, t_sync: float, t_extra: float) -> float:
+    """Expected tokens per second of steps that draft k tokens (k = 0: one synchronous step per token)."""
     a = min(acceptance, 0.999)
-    return ((1 - a ** (k + 1)) / (1 - a)) / (k * t_draft + t0 + k * t_extra)
+    return ((1 - a ** (k + 1)) / (1 - a)) / (k * t_draft + t_sync + k * t_extra)
 
 
 @dataclass
@@ -48,14 +49,18 @@ class DraftLength:
     decay: float = 0.8
     """Weight of the past in the moving averages."""
     accepts: Acceptance = field(default_factory=Acceptance)
-    t0: float | None = None
-    """Seconds of a target pass over one position (a plain step)."""
+    t_plain: float | None = None
+    """Seconds per token of plain decoding as `generate` runs it (pipelined): the rate to beat."""
+    t_sync: float | None = None
+    """Seconds of a synchronous target pass over one position (a step with nothing drafted)."""
     t_extra: float | None = None
     """Extra seconds per additional verified position."""
     t_draft: float | None = None
     """Seconds to draft one token."""
     adaptive: bool = True
     """False: always draft `k_start` tokens (for tests and fixed-length benchmarks)."""
+    warmup: int = 4
+    """Plain tokens decoded first, pipelined, to measure t_plain."""
     steps_off: int = 0
     history: dict[int, int] = field(default_factory=dict)
     burst: int = 16
@@ -71,23 +76,26 @@ class DraftLength:
     def _avg(self, old: float | None, new: float) -> float:
         return new if old is None else self.decay * old + (1 - self.decay) * new
 
+    def can_pay(self) -> bool:
+        """False when even drafts that are always accepted could not beat plain decoding."""
+        return (self.t_draft or 0.0) + (self.t_extra or 0.0) < (self.t_plain or float("inf"))
+
     def choose(self, limit: int) -> int:
         """The draft length for the next step (0 = a plain step), at most `limit`."""
         if not self.adaptive:
             return max(0, min(self.k_start, limit))
-        if limit <= 0 or self.t0 is None:  # the first step is plain: it measures t0
+        if limit <= 0 or self.t_plain is None or self.t_sync is None:  # measure plain decoding first
             return 0
         if self.t_extra is None:  # never drafted yet: measure it
             return min(self.k_start, limit)
-        best_k, best_rate = 0, 1.0 / self.t0
+        best_k, best_rate = 0, 1.0 / self.t_plain
         for k in range(1, min(self.k_max, limit) + 1):
-            rate = expected_rate(self.acceptance, k, self.t_draft or 0.0, self.t0, self.t_extra)
+            rate = expected_rate(self.acceptance, k, self.t_draft or 0.0, self.t_sync, self.t_extra)
             if rate > best_rate * 1.02:  # demand a small margin: noise should not switch drafting on
                 best_k, best_rate = k, rate
         if best_k == 0:
             self.steps_off += 1
-            # A drafter slower per token than a target step can never pay: stop probing it.
-            if self.steps_off % self.probe_every == 0 and (self.t_draft or 0.0) < self.t0:
+            if self.steps_off % self.probe_every == 0 and self.can_pay():
                 return 1
         else:
             self.steps_off = 0
@@ -95,9 +103,14 @@ class DraftLength:
         return best_k
 
     def plain_burst(self, limit: int) -> int:
-        """Tokens to decode plainly (pipelined) while speculation is off: until the next probe, so a fast
-        target does not pay a synchronous step per token. 0 while still measuring or when not adaptive."""
-        if not self.adaptive or self.t0 is None or self.t_extra is None or limit <= 0:
+        """Tokens to decode plainly (pipelined) instead of a step: the first few of a request (measuring
+        t_plain), and while speculation is off, until the next probe. 0 while measuring a synchronous step,
+        and when not adaptive."""
+        if not self.adaptive or limit <= 0:
+            return 0
+        if self.t_plain is None:
+            return min(self.warmup, limit)
+        if self.t_sync is None or self.t_extra is None:
             return 0
         n = min(self.burst, limit)
         self.burst = min(2 * self.burst, self.max_burst)
@@ -106,15 +119,39 @@ class DraftLength:
 
     def record_plain(self, tokens: int, seconds: float) -> None:
         """Seconds of a pipelined plain burst: plain decoding's real cost, what drafting must beat."""
-        self.t0 = self._avg(self.t0, seconds / max(tokens, 1))
+        self.t_plain = self._avg(self.t_plain, seconds / max(tokens, 1))
 
     def record(self, drafted: int, accepted: int, t_draft: float, t_verify: float) -> None:
-        """Update the estimates after a step that drafted `drafted` tokens and accepted `accepted`."""
+        """Update the estimates after a synchronous step that drafted `drafted` tokens and accepted `accepted`."""
         if drafted == 0:
-            self.t0 = self._avg(self.t0, t_verify)
+            self.t_sync = self._avg(self.t_sync, t_verify)
             return
         self.history[accepted] = self.history.get(accepted, 0) + 1
         self.accepts.record(drafted, accepted)
         self.t_draft = self._avg(self.t_draft, t_draft / drafted)
-        base = self.t0 if self.t0 is not None else t_verify / (1 + 0.25 * drafted)
+        base = self.t_sync if self.t_sync is not None else t_verify / (1 + 0.25 * drafted)
         self.t_extra = self._avg(self.t_extra, max(t_verify - base, 0.0) / drafted)
+
+
+@dataclass
+class StepCosts:
+    """A model's measured step costs on this machine (facts of the model and machine, not of a prompt), kept
+    on the model between requests so a new request need not measure them again before drafting."""
+
+    t_plain: float | None
+    t_sync: float | None
+    t_extra: float | None
+
+
+def controller_for(module, drafter) -> DraftLength:
+    """A fresh controller for one request: acceptance starts from the prior, costs from the last request."""
+    c = DraftLength(k_start=getattr(drafter, "first_k", 1))
+    costs = getattr(module, "_edge_step_costs", None)
+    if costs is not None:
+        c.t_plain, c.t_sync, c.t_extra = costs.t_plain, costs.t_sync, costs.t_extra
+    return c
+
+
+def remember(module, c: DraftLength) -> None:
+    if c.adaptive and c.t_plain is not None and c.t_sync is not None:
+        module._edge_step_costs = StepCosts(c.t_plain, c.t_sync, c.t_extra)  # an object: not an MLX parameter

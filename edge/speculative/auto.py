@@ -60,9 +60,10 @@ class AutoDrafter:
 
     def second_pays(self, k: int) -> bool:
         c = self.controller
-        if c is None or c.t0 is None or self.t_second is None:
+        if c is None or c.t_plain is None or c.t_sync is None or self.t_second is None:
             return True  # not measured yet: try it
-        return expected_rate(self.accepts.value, k, self.t_second, c.t0, c.t_extra or 0.0) > 1.02 / c.t0
+        rate = expected_rate(self.accepts.value, k, self.t_second, c.t_sync, c.t_extra or 0.0)
+        return rate > 1.02 / c.t_plain
 
     def propose(self, tokens: list[int], k: int, distribution) -> tuple[list[int], mx.array | None]:
         self._account(tokens)

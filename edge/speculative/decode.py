@@ -18,7 +18,7 @@ from ..errors import EdgeError
 from ..events import DraftStats
 from ..generate import prefill, token_stream
 from ..sampling import LogitsProcessor, Sampling, make_distribution, make_sampler
-from .adaptive import DraftLength
+from .adaptive import DraftLength, controller_for, remember
 from .drafters import Drafter
 from .verify import accept_greedy, accept_sampled
 
@@ -54,7 +54,7 @@ def speculative_token_stream(
 
     if not can_trim_prompt_cache(cache):
         raise EdgeError("this model's KV cache cannot roll back (recurrent or rotating layers); use draft=None.")
-    controller = controller or DraftLength(k_start=getattr(drafter, "first_k", 1))
+    controller = controller or controller_for(module, drafter)
     if hasattr(drafter, "attach"):
         drafter.attach(controller)  # auto's second drafter is judged with the loop's measured verify costs
     distribution = make_distribution(sampling)
@@ -64,37 +64,43 @@ def speculative_token_stream(
     prefill(module, mx.array(prompt), cache)
     drafter.prepare(tokens)
     produced = 0
-    while produced < max_tokens:
-        k = controller.choose(max_tokens - produced - 1)  # drafts beyond max_tokens would be wasted
-        burst = controller.plain_burst(max_tokens - produced) if k == 0 else 0
-        if burst:  # speculation is off: decode plainly with the next step queued, as generate does
+    try:
+        while produced < max_tokens:
+            k = controller.choose(max_tokens - produced - 1)  # drafts beyond max_tokens would be wasted
+            burst = controller.plain_burst(max_tokens - produced) if k == 0 else 0
+            if burst:  # speculation is off: decode plainly with the next step queued, as generate does
+                start = time.perf_counter()
+                times = []
+                for token in token_stream(module, tokens[-1:], cache, sampler, processors, burst, tokens):
+                    times.append(time.perf_counter())
+                    tokens.append(token)
+                    produced += 1
+                    yield token
+                if burst > 1:  # the spacing of tokens once the pipeline is full: what plain decoding costs
+                    controller.record_plain(burst - 1, times[-1] - times[0])
+                for _ in range(burst):
+                    stats.record(0, 0, 0.0, (times[-1] - start) / burst)
+                continue
             start = time.perf_counter()
-            for token in token_stream(module, tokens[-1:], cache, sampler, processors, burst, tokens):
-                tokens.append(token)
-                produced += 1
-                yield token
-            elapsed = time.perf_counter() - start
-            controller.record_plain(burst, elapsed)
-            for _ in range(burst):
-                stats.record(0, 0, 0.0, elapsed / burst)
-            continue
-        start = time.perf_counter()
-        drafts, q = drafter.propose(tokens, k, distribution) if k > 0 else ([], None)
-        drafts = drafts[:k]
-        mid = time.perf_counter()
-        logits = module(mx.array(tokens[-1:] + drafts)[None], cache=cache)[0]
-        logprobs = _process(logits, processors, tokens, drafts)
-        logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
-        if distribution is None:
-            n, nxt = accept_greedy(logprobs, drafts)
-        else:
-            n, nxt = accept_sampled(distribution(logprobs), drafts, q[: len(drafts)] if q is not None else None, rng)
-        if len(drafts) > n:
-            trim_prompt_cache(cache, len(drafts) - n)  # roll back the rejected positions
-        end = time.perf_counter()
-        controller.record(len(drafts), n, mid - start - getattr(drafter, "self_accounted_s", 0.0), end - mid)
-        stats.record(len(drafts), n, mid - start, end - mid)
-        new = drafts[:n] + [nxt]
-        tokens += new
-        yield from new[: max_tokens - produced]
-        produced += len(new)
+            drafts, q = drafter.propose(tokens, k, distribution) if k > 0 else ([], None)
+            drafts = drafts[:k]
+            mid = time.perf_counter()
+            logits = _process(module(mx.array(tokens[-1:] + drafts)[None], cache=cache)[0], processors, tokens, drafts)
+            if distribution is None:
+                n, nxt = accept_greedy(logits, drafts)
+            else:
+                logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+                n, nxt = accept_sampled(
+                    distribution(logprobs), drafts, q[: len(drafts)] if q is not None else None, rng
+                )
+            if len(drafts) > n:
+                trim_prompt_cache(cache, len(drafts) - n)  # roll back the rejected positions
+            end = time.perf_counter()
+            controller.record(len(drafts), n, mid - start - getattr(drafter, "self_accounted_s", 0.0), end - mid)
+            stats.record(len(drafts), n, mid - start, end - mid)
+            new = drafts[:n] + [nxt]
+            tokens += new
+            yield from new[: max_tokens - produced]
+            produced += len(new)
+    finally:
+        remember(module, controller)  # the measured costs seed the next request's controller

@@ -102,11 +102,10 @@ class ModelDrafter:
         for _ in range(k):
             logits = self.module(mx.array(feed)[None], cache=self.cache)[0, -1]
             self.cached += feed
-            logprobs = logits - mx.logsumexp(logits)
             if distribution is None:
-                token = mx.argmax(logprobs)
+                token = mx.argmax(logits)
             else:
-                q = distribution(logprobs)
+                q = distribution(logits - mx.logsumexp(logits))
                 qs.append(q)
                 token = mx.random.categorical(mx.log(q))
             feed = [token.item()]
@@ -142,6 +141,8 @@ def float_weights(module) -> dict[str, mx.array]:
         if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
             s, b = m.scales.astype(mx.float32), m.biases.astype(mx.float32)
             out[f"{path}.weight"] = mx.dequantize(m.weight, s, b, group_size=m.group_size, bits=m.bits)
+        elif hasattr(m, "dequantized"):  # edge's packed layers (kernels/quantized.py)
+            out[f"{path}.weight"] = m.dequantized()
     for name, p in tree_flatten(module.parameters()):
         base = name.rsplit(".", 1)[0]
         if name.endswith((".scales", ".biases")) and f"{base}.weight" in out or name in out:

@@ -12,9 +12,9 @@ import mlx.core as mx
 import numpy as np
 
 
-def accept_greedy(logprobs: mx.array, drafts: list[int]) -> tuple[int, int]:
-    """(accepted count, next token) for argmax decoding; logprobs is (len(drafts) + 1, vocab)."""
-    best = mx.argmax(logprobs, axis=-1).tolist()
+def accept_greedy(logits: mx.array, drafts: list[int]) -> tuple[int, int]:
+    """(accepted count, next token) for argmax decoding; logits is (len(drafts) + 1, vocab)."""
+    best = mx.argmax(logits, axis=-1).tolist()
     n = 0
     while n < len(drafts) and drafts[n] == best[n]:
         n += 1

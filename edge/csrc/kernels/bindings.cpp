@@ -12,17 +12,18 @@ using namespace nb::literals;
 NB_MODULE(_edge_kernels, m) {
   m.doc() = "edge's CPU kernels for MLX";
   m.def(
-      "quantized_matmul",
-      &edge::quantized_matmul,
+      "packed_matmul",
+      &edge::packed_matmul,
       "x"_a,
       "w"_a,
       "scales"_a,
       "biases"_a,
+      "n"_a,
       "group_size"_a,
       "bits"_a,
       nb::kw_only(),
       "stream"_a = nb::none(),
-      "x @ dequantize(w, scales, biases).T for MLX affine 4/8-bit weights, in fp32.");
+      "x @ dequantize(w).T in fp32, for 4/8-bit weights in edge's packed layout (edge.kernels.layout).");
   m.def("simd", &edge::simd_name, "The vector unit the kernels were compiled for.");
   m.def(
       "decoder_layer",
@@ -30,12 +31,12 @@ NB_MODULE(_edge_kernels, m) {
          const mlx::core::array& cos, const mlx::core::array& sin, const mlx::core::array& k_cache,
          const mlx::core::array& v_cache, const std::vector<mlx::core::array>& quantized, int heads, int kv_heads,
          int head_dim, float eps, float scale, const std::vector<int>& bits, const std::vector<int>& group_sizes,
-         int offset) {
+         const std::vector<int>& outputs, int offset) {
         return edge::decoder_layer(
             h, attn_norm, mlp_norm, cos, sin, k_cache, v_cache, quantized,
-            edge::LayerShape{heads, kv_heads, head_dim, eps, scale, bits, group_sizes}, offset);
+            edge::LayerShape{heads, kv_heads, head_dim, eps, scale, bits, group_sizes, outputs}, offset);
       },
       "h"_a, "attn_norm"_a, "mlp_norm"_a, "cos"_a, "sin"_a, "k_cache"_a, "v_cache"_a, "quantized"_a, "heads"_a,
-      "kv_heads"_a, "head_dim"_a, "eps"_a, "scale"_a, "bits"_a, "group_sizes"_a, "offset"_a,
+      "kv_heads"_a, "head_dim"_a, "eps"_a, "scale"_a, "bits"_a, "group_sizes"_a, "outputs"_a, "offset"_a,
       "One llama-family decoder layer on the CPU, writing the new keys and values into the caches in place.");
 }

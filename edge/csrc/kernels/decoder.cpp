@@ -1,14 +1,18 @@
-// See decoder.h. Everything in fp32; the products go through qmatmul (quantized.cpp).
+// See decoder.h. Everything in fp32; the products go through packed_gemm (packed.cpp).
 
 #include "decoder.h"
 
 #include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <cstring>
 #include <cmath>
 #include <stdexcept>
 #include <vector>
 
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
+#include "pool.h"
 
 namespace edge {
 
@@ -17,7 +21,7 @@ namespace {
 struct Ptrs {
   const float *h, *attn_norm, *mlp_norm, *cos, *sin;
   float *k_cache, *v_cache, *out;
-  QWeight q[7];
+  PackedWeight q[7];
 };
 
 void rms_norm(const float* x, const float* w, float* y, int M, int D, float eps) {
@@ -39,6 +43,134 @@ inline void rope(float* v, const float* cos, const float* sin, int half) {
   }
 }
 
+constexpr int SPAN = 16; // positions per score tile, values per mixing tile: one vector of 16 floats
+
+// 16 floats as one vector (GCC / Clang vector extension: an AVX-512 register, two AVX2 ones, four NEON ones),
+// so the tiles below stay in registers.
+typedef float f16v __attribute__((vector_size(64)));
+inline f16v load16(const float* p) {
+  f16v v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store16(float* p, f16v v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// Scores of RT query rows (q already scaled) at positions j0..j0+15: sum over e of q[r][e] * kt[e][j],
+// accumulated in registers in e order (the same for any RT). May read past the last position (within the
+// capacity, a multiple of 16): those scores are never used.
+template <int RT>
+inline void score_tile(const float* q, int hd, const float* kt, int capacity, int j0, float* scores, int stride) {
+  f16v acc[RT] = {};
+  for (int e = 0; e < hd; ++e) {
+    const f16v k = load16(kt + static_cast<size_t>(e) * capacity + j0);
+    for (int r = 0; r < RT; ++r) acc[r] += q[static_cast<size_t>(r) * hd + e] * k;
+  }
+  for (int r = 0; r < RT; ++r) store16(scores + static_cast<size_t>(r) * stride + j0, acc[r]);
+}
+
+// out[r][e0..e0+16) = sum over positions j < n of w[r][j] * v[j][e0..e0+16), for RT rows, in j order (the
+// weights past a row's own positions are zero).
+template <int RT>
+inline void mix_tile(const float* w, int stride, int n, const float* v, int hd, int e0, float* out) {
+  f16v acc[RT] = {};
+  for (int j = 0; j < n; ++j) {
+    const f16v x = load16(v + static_cast<size_t>(j) * hd + e0);
+    for (int r = 0; r < RT; ++r) acc[r] += w[static_cast<size_t>(r) * stride + j] * x;
+  }
+  for (int r = 0; r < RT; ++r) store16(out + static_cast<size_t>(r) * hd + e0, acc[r]);
+}
+
+// exp(x) of 16 floats, x clamped to [-87, 88], by the Cephes polynomial that MLX's own CPU exp uses
+// (simd/math.h), written with vector operations (std::exp does not vectorise without -ffast-math). Relative
+// error about 1e-7.
+inline f16v exp16(f16v x) {
+  typedef int32_t i16v __attribute__((vector_size(64)));
+  const f16v lo = f16v{} - 87.f, hi = f16v{} + 88.f, magic = f16v{} + 12582912.f; // 1.5 * 2^23
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const f16v y = x * 1.442695f, t = y + magic; // t's low mantissa bits: y rounded to the nearest integer
+  const f16v n = t - magic, f = y - n;
+  f16v p = f16v{} + 1.535336188319500e-4f;
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.f;
+  const i16v e = ((reinterpret_cast<const i16v&>(t) - reinterpret_cast<const i16v&>(magic)) + 127) << 23;
+  return p * reinterpret_cast<const f16v&>(e);
+}
+
+// exp of n floats in place (n a multiple of 16, or the tail is done one vector at a time on a copy).
+void exp_inplace(float* x, int n) {
+  int j = 0;
+  for (; j + 16 <= n; j += 16) store16(x + j, exp16(load16(x + j)));
+  if (j < n) {
+    float tail[16] = {};
+    std::copy(x + j, x + n, tail);
+    store16(tail, exp16(load16(tail)));
+    std::copy(tail, tail + (n - j), x + j);
+  }
+}
+
+// g = silu(g) * u = g / (1 + exp(-g)) * u, for n floats
+void swiglu(float* g, const float* u, size_t n) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const f16v x = load16(g + i);
+    store16(g + i, x / (1.f + exp16(-x)) * load16(u + i));
+  }
+  for (; i < n; ++i) {
+    float t[16] = {-g[i]};
+    store16(t, exp16(load16(t)));
+    g[i] = g[i] / (1.f + t[0]) * u[i];
+  }
+}
+
+template <int RT>
+void mix(const float* w, int stride, int n, const float* v, int hd, float* out) {
+  for (int e0 = 0; e0 < hd; e0 += SPAN) mix_tile<RT>(w, stride, n, v, hd, e0, out);
+}
+
+// Attention of `rows` query vectors that share one KV head (q: rows x hd, times the softmax scale; row r sees
+// positions 0..len[r]-1).
+// Keys are stored transposed, (hd, capacity), so the scores of consecutive positions are one vector
+// operation; values are (capacity, hd). Rows go four at a time through register tiles, so each key and value
+// is read once per four rows (the positions of a verify pass and the query heads of a group). Each row's
+// arithmetic is the same whatever the other rows are. scores: room for rows x (max(len) rounded up to SPAN).
+void attend(const float* q, int rows, const int* len, const float* kt, const float* v, int hd, int capacity,
+            float* scores, float* out) {
+  const int n = *std::max_element(len, len + rows), stride = (n + SPAN - 1) / SPAN * SPAN;
+  for (int j0 = 0; j0 < n; j0 += SPAN) {
+    int r = 0;
+    for (; r + 4 <= rows; r += 4) score_tile<4>(q + r * hd, hd, kt, capacity, j0, scores + r * stride, stride);
+    for (; r < rows; ++r) score_tile<1>(q + r * hd, hd, kt, capacity, j0, scores + r * stride, stride);
+  }
+  for (int r = 0; r < rows; ++r) {
+    float* sr = scores + static_cast<size_t>(r) * stride;
+    float top = -INFINITY;
+    for (int j = 0; j < len[r]; ++j) top = std::max(top, sr[j]);
+    for (int j = 0; j < len[r]; ++j) sr[j] -= top;
+    exp_inplace(sr, len[r]);
+    // 16 running sums in a fixed order (not a compiler reduction, whose grouping could follow the buffer's
+    // alignment): the same row always sums the same way
+    float part[16] = {}, sum = 0.f;
+    int j = 0;
+    for (; j + 16 <= len[r]; j += 16)
+      for (int l = 0; l < 16; ++l) part[l] += sr[j + l];
+    for (; j < len[r]; ++j) sum += sr[j];
+    for (int l = 0; l < 16; ++l) sum += part[l];
+    const float inv = 1.f / sum;
+    for (j = 0; j < len[r]; ++j) sr[j] *= inv;
+    std::fill(sr + len[r], sr + n, 0.f);
+  }
+  int r = 0;
+  for (; r + 4 <= rows; r += 4) mix<4>(scores + r * stride, stride, n, v, hd, out + r * hd);
+  for (; r < rows; ++r) mix<1>(scores + r * stride, stride, n, v, hd, out + r * hd);
+}
+
 void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int offset) {
   const int H = L.heads, KVH = L.kv_heads, hd = L.head_dim, half = hd / 2, F = p.q[4].N;
   std::vector<float> xn(static_cast<size_t>(M) * D), q(static_cast<size_t>(M) * H * hd),
@@ -49,7 +181,7 @@ void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int o
 
   rms_norm(h, p.attn_norm, xn.data(), M, D, L.eps);
   float* qkv[3] = {q.data(), k.data(), v.data()};
-  qmatmul_many(xn.data(), M, p.q, qkv, 3);
+  packed_gemm_many(xn.data(), M, p.q, qkv, 3);
   for (int i = 0; i < M; ++i) {
     const int pos = offset + i;
     const float *c = p.cos + static_cast<size_t>(pos) * half, *s = p.sin + static_cast<size_t>(pos) * half;
@@ -57,46 +189,47 @@ void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int o
     for (int kh = 0; kh < KVH; ++kh) {
       float* kv = k.data() + (static_cast<size_t>(i) * KVH + kh) * hd;
       rope(kv, c, s, half);
-      std::copy(kv, kv + hd, p.k_cache + (static_cast<size_t>(kh) * capacity + pos) * hd);
+      float* kt = p.k_cache + static_cast<size_t>(kh) * hd * capacity + pos;
+      for (int e = 0; e < hd; ++e) kt[static_cast<size_t>(e) * capacity] = kv[e];
       const float* vv = v.data() + (static_cast<size_t>(i) * KVH + kh) * hd;
       std::copy(vv, vv + hd, p.v_cache + (static_cast<size_t>(kh) * capacity + pos) * hd);
     }
   }
-  const int group = H / KVH;
-  // attention, one (row, head) pair at a time, split over the cores
-  parallel_for(M * H, static_cast<long>(M) * H * (offset + M) * hd * 2, [&](int begin, int end) {
-    std::vector<float> scores(static_cast<size_t>(offset + M));
-    for (int ih = begin; ih < end; ++ih) {
-      const int i = ih / H, hh = ih % H, n_ctx = offset + i + 1;
-      const float* qv = q.data() + (static_cast<size_t>(i) * H + hh) * hd;
-      const float* K = p.k_cache + static_cast<size_t>(hh / group) * capacity * hd;
-      const float* V = p.v_cache + static_cast<size_t>(hh / group) * capacity * hd;
-      float mx = -INFINITY;
-      for (int j = 0; j < n_ctx; ++j) {
-        float d = 0.f;
-        for (int e = 0; e < hd; ++e) d += qv[e] * K[static_cast<size_t>(j) * hd + e];
-        scores[j] = d * L.scale;
-        mx = std::max(mx, scores[j]);
-      }
-      float sum = 0.f;
-      for (int j = 0; j < n_ctx; ++j) sum += (scores[j] = std::exp(scores[j] - mx));
-      float* a = att.data() + (static_cast<size_t>(i) * H + hh) * hd;
-      std::fill(a, a + hd, 0.f);
-      for (int j = 0; j < n_ctx; ++j) {
-        const float w = scores[j] / sum;
-        const float* vr = V + static_cast<size_t>(j) * hd;
-        for (int e = 0; e < hd; ++e) a[e] += w * vr[e];
-      }
+  // Attention per KV head over the query rows that use it (M positions x the heads of its group), laid out
+  // kv-head-major; split in halves (by query rows) when there are fewer KV heads than twice the cores.
+  const int group = H / KVH, rows = M * group, splits = std::max(1, std::min(rows, (2 * pool_size() + KVH - 1) / KVH));
+  std::vector<float> qg(static_cast<size_t>(KVH) * rows * hd), ag(qg.size());
+  for (int i = 0; i < M; ++i)
+    for (int hh = 0; hh < H; ++hh) {
+      const float* from = q.data() + (static_cast<size_t>(i) * H + hh) * hd;
+      float* to = qg.data() + ((static_cast<size_t>(hh / group) * M + i) * group + hh % group) * hd;
+      for (int e = 0; e < hd; ++e) to[e] = from[e] * L.scale;
+    }
+  std::vector<int> lens(rows);
+  for (int r = 0; r < rows; ++r) lens[r] = offset + r / group + 1; // row r is position r / group
+  parallel_for(KVH * splits, static_cast<long>(M) * H * (offset + M) * hd * 2, [&](int begin, int end) {
+    std::vector<float> scores(static_cast<size_t>(rows) * ((offset + M + SPAN - 1) / SPAN * SPAN));
+    for (int item = begin; item < end; ++item) {
+      const int kh = item / splits, part = item % splits;
+      const int r0 = rows * part / splits, r1 = rows * (part + 1) / splits;
+      const size_t at = (static_cast<size_t>(kh) * rows + r0) * hd;
+      if (r1 > r0)
+        attend(qg.data() + at, r1 - r0, lens.data() + r0, p.k_cache + static_cast<size_t>(kh) * hd * capacity,
+             p.v_cache + static_cast<size_t>(kh) * capacity * hd, hd, capacity, scores.data(), ag.data() + at);
     }
   });
-  qmatmul(att.data(), M, p.q[3], o.data());
+  for (int i = 0; i < M; ++i)
+    for (int hh = 0; hh < H; ++hh)
+      std::copy_n(ag.data() + ((static_cast<size_t>(hh / group) * M + i) * group + hh % group) * hd, hd,
+                  att.data() + (static_cast<size_t>(i) * H + hh) * hd);
+  packed_gemm(att.data(), M, p.q[3], o.data());
   for (size_t i = 0; i < o.size(); ++i) h[i] += o[i];
 
   rms_norm(h, p.mlp_norm, xn.data(), M, D, L.eps);
   float* gate_up[2] = {g.data(), u.data()};
-  qmatmul_many(xn.data(), M, p.q + 4, gate_up, 2);
-  for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
-  qmatmul(g.data(), M, p.q[6], o.data());
+  packed_gemm_many(xn.data(), M, p.q + 4, gate_up, 2);
+  swiglu(g.data(), u.data(), g.size());
+  packed_gemm(g.data(), M, p.q[6], o.data());
   for (size_t i = 0; i < o.size(); ++i) h[i] += o[i];
 }
 
@@ -115,13 +248,23 @@ array decoder_layer(
     int offset,
     StreamOrDevice s) {
   if (quantized.size() != 21) throw std::invalid_argument("decoder_layer: give (weight, scales, biases) x 7");
+  if (shape.bits.size() != 7 || shape.group_sizes.size() != 7 || shape.outputs.size() != 7)
+    throw std::invalid_argument("decoder_layer: give bits, group sizes and outputs of the 7 products");
   if (h.ndim() != 2 || h.dtype() != float32) throw std::invalid_argument("decoder_layer: h must be (M, D) fp32");
+  if (shape.head_dim % 16 != 0) throw std::invalid_argument("decoder_layer: head_dim must be a multiple of 16");
   const int M = h.shape(0);
-  if (k_cache.ndim() != 3 || k_cache.shape(0) != shape.kv_heads || k_cache.shape(2) != shape.head_dim ||
-      k_cache.shape() != v_cache.shape() || k_cache.dtype() != float32 || v_cache.dtype() != float32)
-    throw std::invalid_argument("decoder_layer: caches must be fp32 (kv_heads, capacity, head_dim)");
-  if (offset + M > k_cache.shape(1) || offset + M > cos.shape(0))
+  if (v_cache.ndim() != 3 || v_cache.shape(0) != shape.kv_heads || v_cache.shape(2) != shape.head_dim ||
+      k_cache.shape() != Shape{shape.kv_heads, shape.head_dim, v_cache.shape(1)} || k_cache.dtype() != float32 ||
+      v_cache.dtype() != float32)
+    throw std::invalid_argument(
+        "decoder_layer: caches must be fp32, keys (kv_heads, head_dim, capacity), values (kv_heads, capacity, head_dim)");
+  if (offset + M > v_cache.shape(1) || offset + M > cos.shape(0))
     throw std::invalid_argument("decoder_layer: the cache or the RoPE table is too short for these positions");
+  const int D = h.shape(1), hd = shape.head_dim, F = shape.outputs[4];
+  const int widths[7] = {D, D, D, shape.heads * hd, D, D, F}; // each product's K
+  for (int i = 0; i < 7; ++i)
+    check_packed(quantized[3 * i], quantized[3 * i + 1], quantized[3 * i + 2], shape.outputs[i], widths[i],
+                 shape.group_sizes[i], shape.bits[i]);
   std::vector<array> inputs = {h, attn_norm, mlp_norm, cos, sin, k_cache, v_cache};
   inputs.insert(inputs.end(), quantized.begin(), quantized.end());
   auto stream = to_stream(s);
@@ -137,12 +280,10 @@ void DecoderLayer::eval_cpu(const std::vector<array>& in, array& out) {
   enc.set_output_array(out);
   Ptrs p{in[0].data<float>(), in[1].data<float>(), in[2].data<float>(), in[3].data<float>(), in[4].data<float>(),
          const_cast<float*>(in[5].data<float>()), const_cast<float*>(in[6].data<float>()), out.data<float>(), {}};
-  for (int i = 0; i < 7; ++i) {
-    const array &w = in[7 + 3 * i], &sc = in[8 + 3 * i], &bi = in[9 + 3 * i];
-    p.q[i] = QWeight{w.data<uint32_t>(), sc.data<float>(), bi.data<float>(), w.shape(0),
-                     w.shape(1) * 32 / shape_.bits[i], shape_.group_sizes[i], shape_.bits[i]};
-  }
-  const int M = in[0].shape(0), D = in[0].shape(1), capacity = in[5].shape(1), offset = offset_;
+  for (int i = 0; i < 7; ++i)
+    p.q[i] = packed_weight(in[7 + 3 * i], in[8 + 3 * i], in[9 + 3 * i], shape_.outputs[i], shape_.group_sizes[i],
+                           shape_.bits[i]);
+  const int M = in[0].shape(0), D = in[0].shape(1), capacity = in[6].shape(1), offset = offset_;
   LayerShape L = shape_;
   enc.dispatch([p, L, M, D, capacity, offset]() { layer(p, L, M, D, capacity, offset); });
 }

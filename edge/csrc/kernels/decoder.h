@@ -11,13 +11,14 @@ namespace edge {
 struct LayerShape {
   int heads, kv_heads, head_dim;
   float eps, scale;
-  std::vector<int> bits, group_sizes; // q, k, v, o, gate, up, down
+  std::vector<int> bits, group_sizes, outputs; // of q, k, v, o, gate, up, down (outputs: N)
 };
 
-// h (M, D) -> h after the layer. Writes keys and values of the M new positions into k_cache / v_cache
-// (kv_heads, capacity, head_dim; fp32, evaluated, owned by the caller) at offset..offset+M-1, and attends
+// h (M, D) -> h after the layer. Writes keys and values of the M new positions into k_cache (kv_heads,
+// head_dim, capacity: transposed, so scores vectorise over positions) and v_cache (kv_heads, capacity,
+// head_dim), fp32, evaluated, owned by the caller, at offset..offset+M-1, and attends
 // causally over positions 0..offset+i. cos / sin: (positions, head_dim / 2), rotate-half RoPE.
-// quantized: 21 arrays, (weight, scales, biases) of q, k, v, o, gate, up, down.
+// quantized: 21 arrays, the packed (weight, scales, biases) of q, k, v, o, gate, up, down (packed.h).
 array decoder_layer(
     const array& h,
     const array& attn_norm,

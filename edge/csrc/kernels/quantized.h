@@ -1,63 +1,51 @@
-// edge's CPU kernels for MLX: products with MLX's affine-quantized weights (4 and 8 bits, groups of 32,
-// 64 or 128, scales and biases as stored), fp32 accumulation, vectorised (AVX2 / AVX-512 on x86, NEON on
-// ARM, a portable loop elsewhere) and split over the cores. MLX's own CPU quantized_matmul is scalar.
+// The MLX primitive for edge's quantized products on CPUs (the arithmetic is in packed.cpp): MLX's own CPU
+// quantized_matmul is scalar, and on x86 its fp16 / bf16 products are too.
 #pragma once
-
-#include <functional>
 
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
+#include "packed.h"
 
 namespace edge {
 
 using namespace mlx::core;
 
-// y = x @ dequantize(w, scales, biases).T with x (..., K) in fp32 and y (..., N) in fp32.
-array quantized_matmul(
+// y = x @ dequantize(w).T in fp32, with x (..., K) and w, scales, biases in the packed layout of packed.h
+// (edge/kernels/layout.py makes them from MLX's affine 4/8-bit arrays); n is the number of output columns.
+array packed_matmul(
     const array& x,
     const array& w,
     const array& scales,
     const array& biases,
+    int n,
     int group_size,
     int bits,
     StreamOrDevice s = {});
 
-// The raw product for other kernels: y (M x N) = x (M x K) @ dequantize(w).T, split over edge's worker pool.
-struct QWeight {
-  const uint32_t* w;
-  const float* s;
-  const float* b;
-  int N, K, gs, bits;
-};
-void qmatmul(const float* x, int M, const QWeight& q, float* y);
-// Several products of the same x (same K, group size and bits), split over the cores in one round.
-void qmatmul_many(const float* x, int M, const QWeight* qs, float* const* ys, int count);
+// Refuses arrays that are not the packed layout for these n, k, group size and bits (invalid_argument).
+void check_packed(const array& w, const array& scales, const array& biases, int n, int k, int group_size, int bits);
 
-// body(begin, end) over [0, n) split across edge's worker pool when `work` (multiply-adds) makes it pay.
-void parallel_for(int n, long work, const std::function<void(int, int)>& body);
+// The packed weight behind three evaluated arrays (checked: dtypes, shapes, contiguity).
+PackedWeight packed_weight(const array& w, const array& scales, const array& biases, int n, int group_size, int bits);
 
-// Which vector unit the kernels were compiled for ("avx512", "avx2", "neon" or "portable").
-const char* simd_name();
-
-class QuantizedMatmul : public UnaryPrimitive {
+class PackedMatmul : public UnaryPrimitive {
  public:
-  QuantizedMatmul(Stream stream, int group_size, int bits)
-      : UnaryPrimitive(stream), group_size_(group_size), bits_(bits) {}
+  PackedMatmul(Stream stream, int n, int group_size, int bits)
+      : UnaryPrimitive(stream), n_(n), group_size_(group_size), bits_(bits) {}
 
   void eval_cpu(const std::vector<array>& inputs, array& out) override;
   void eval_gpu(const std::vector<array>& inputs, array& out) override;
 
   const char* name() const override {
-    return "EdgeQuantizedMatmul";
+    return "EdgePackedMatmul";
   }
   bool is_equivalent(const Primitive& other) const override {
-    auto& o = static_cast<const QuantizedMatmul&>(other);
-    return group_size_ == o.group_size_ && bits_ == o.bits_;
+    auto& o = static_cast<const PackedMatmul&>(other);
+    return n_ == o.n_ && group_size_ == o.group_size_ && bits_ == o.bits_;
   }
 
  private:
-  int group_size_;
-  int bits_;
+  int n_, group_size_, bits_;
 };
 
 } // namespace edge

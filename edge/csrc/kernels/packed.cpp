@@ -1,0 +1,422 @@
+// See packed.h for the weight layout. For output column n and input row m,
+//   y[m, n] = sum_g ( s[n, g] * dot(x[m, g], q[n, g]) + b[n, g] * sum(x[m, g]) ).
+// On x86 the activations are quantized per block of 32 to int16 (scale = absmax / 32767) and the dot
+// products run in 32-bit integer lanes (AVX-512 VNNI's vpdpwssd, or madd), one output column per lane, then
+// one fp32 multiply-add per block with the block's scales. int16 keeps the activations' rounding (1 part in
+// 65536 of a block's range) far below the weights' own: llama.cpp's int8 activations (1 in 254) change
+// SmolLM2's greedy answers, int16 does not. Elsewhere the same layout runs as plain fp32 loops.
+
+#include "packed.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "pool.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define EDGE_X86 1
+#endif
+#if EDGE_X86 && defined(__AVX512F__) && defined(__AVX512BW__)
+#define EDGE_AVX512 1
+#endif
+
+namespace edge {
+
+namespace {
+
+constexpr int PANEL = 16; // output columns per panel
+
+inline int block_bytes(int bits) { // one panel, one block of 32 along K
+  return PANEL * 32 * bits / 8;
+}
+
+// The products of one call: each runs over its panels ("units": a panel, or half of one for 8-lane vectors).
+struct Products {
+  const PackedWeight* w;
+  float* const* y;
+  int count, M;
+};
+
+#if EDGE_X86
+// ---- x86: int16 activations, integer dot products --------------------------------------------------------
+
+struct QuantX {
+  std::vector<int16_t> q; // M x K, in the natural order: (x[2t], x[2t+1]) is one 32-bit pair
+  std::vector<float> scale; // M x K/32
+  std::vector<float> xsum; // M x G: group sums of the quantized values (see below)
+};
+
+// Quantize x per block of 32. The group sums of x are replaced by those of its quantized values: the result
+// is then exactly (quantized x) @ w.T, where the bias term cancels most of the activations' rounding (the
+// weights' integers are offset, all positive; summing the exact x here would leave that error uncancelled).
+void quantize_x(const float* x, int M, int K, int gs, QuantX& out) {
+  const int blocks = K / 32, G = K / gs, per_group = gs / 32;
+  out.q.resize(static_cast<size_t>(M) * K);
+  out.scale.resize(static_cast<size_t>(M) * blocks);
+  out.xsum.assign(static_cast<size_t>(M) * G, 0.f);
+  for (int m = 0; m < M; ++m)
+    for (int j = 0; j < blocks; ++j) {
+      const float* xb = x + static_cast<size_t>(m) * K + j * 32;
+      float amax = 0.f;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      const float d = amax / 32767.f, inv = d > 0.f ? 1.f / d : 0.f;
+      out.scale[static_cast<size_t>(m) * blocks + j] = d;
+      int16_t* qb = out.q.data() + static_cast<size_t>(m) * K + j * 32;
+      int sum = 0;
+      for (int i = 0; i < 32; ++i) {
+        const int v = static_cast<int>(std::nearbyint(xb[i] * inv));
+        qb[i] = static_cast<int16_t>(v);
+        sum += v;
+      }
+      out.xsum[static_cast<size_t>(m) * G + j / per_group] += d * static_cast<float>(sum);
+    }
+}
+
+// Vector types: 16 int32 lanes (one panel) with AVX-512, 8 (half a panel) with AVX2. TILE = rows x units
+// held in registers at once (accumulators: 2 * TILE vectors of 32 / 16 registers).
+#if EDGE_AVX512
+struct Vec {
+  static constexpr int LANES = 16, TILE = 8;
+  using I = __m512i;
+  using F = __m512;
+  static I load(const uint8_t* p) {
+    return _mm512_loadu_si512(p);
+  }
+  template <int N>
+  static I shr(I v) {
+    return _mm512_srli_epi16(v, N);
+  }
+  static I band(I a, I b) {
+    return _mm512_and_si512(a, b);
+  }
+  static I words(int v) {
+    return _mm512_set1_epi16(static_cast<int16_t>(v));
+  }
+  static I pair(const int16_t* x) {
+    int32_t v;
+    std::memcpy(&v, x, 4);
+    return _mm512_set1_epi32(v);
+  }
+  static I zero() {
+    return _mm512_setzero_si512();
+  }
+  // acc + sum over each lane's two int16 products (weights <= 255, |x| <= 32767: far inside int32 over a block)
+  static I dot(I acc, I w, I x) {
+#if defined(__AVX512VNNI__)
+    return _mm512_dpwssd_epi32(acc, w, x);
+#else
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(w, x));
+#endif
+  }
+  static F fzero() {
+    return _mm512_setzero_ps();
+  }
+  static F floats(const float* p) {
+    return _mm512_loadu_ps(p);
+  }
+  static F fill(float v) {
+    return _mm512_set1_ps(v);
+  }
+  static F scaled(I acc, float xs) {
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(xs));
+  }
+  static F fma(F a, F b, F c) {
+    return _mm512_fmadd_ps(a, b, c);
+  }
+  static void store(float* p, F v) {
+    _mm512_storeu_ps(p, v);
+  }
+};
+#else
+struct Vec {
+  static constexpr int LANES = 8, TILE = 4;
+  using I = __m256i;
+  using F = __m256;
+  static I load(const uint8_t* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
+  template <int N>
+  static I shr(I v) {
+    return _mm256_srli_epi16(v, N);
+  }
+  static I band(I a, I b) {
+    return _mm256_and_si256(a, b);
+  }
+  static I words(int v) {
+    return _mm256_set1_epi16(static_cast<int16_t>(v));
+  }
+  static I pair(const int16_t* x) {
+    int32_t v;
+    std::memcpy(&v, x, 4);
+    return _mm256_set1_epi32(v);
+  }
+  static I zero() {
+    return _mm256_setzero_si256();
+  }
+  static I dot(I acc, I w, I x) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpwssd_epi32(acc, w, x);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpwssd_avx_epi32(acc, w, x);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(w, x));
+#endif
+  }
+  static F fzero() {
+    return _mm256_setzero_ps();
+  }
+  static F floats(const float* p) {
+    return _mm256_loadu_ps(p);
+  }
+  static F fill(float v) {
+    return _mm256_set1_ps(v);
+  }
+  static F scaled(I acc, float xs) {
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(xs));
+  }
+  static F fma(F a, F b, F c) {
+    return _mm256_fmadd_ps(a, b, c);
+  }
+  static void store(float* p, F v) {
+    _mm256_storeu_ps(p, v);
+  }
+};
+#endif
+
+constexpr int UNITS_PER_PANEL = PANEL / Vec::LANES;
+
+// One t (0..15) of a block: acc[r][c] += (q[2t], q[2t+1]) . (x[2t], x[2t+1]) for every row and unit.
+template <int R, int C>
+inline void accumulate(Vec::I (&acc)[R][C], const Vec::I (&v)[C], const int16_t* const (&xq)[R], int t) {
+  for (int r = 0; r < R; ++r) {
+    const Vec::I x = Vec::pair(xq[r] + 2 * t);
+    for (int c = 0; c < C; ++c) acc[r][c] = Vec::dot(acc[r][c], v[c], x);
+  }
+}
+
+// R input rows from m0, C units from u0, over all of K. Each unpacked weight vector serves all R rows; each
+// (row, unit) pair sums its blocks in one fp32 chain in block order, the same for every R and C.
+template <int BITS, int R, int C>
+void tile(const PackedWeight& w, const QuantX& qx, float* y, int m0, int u0) {
+  const int blocks = w.K / 32, G = w.K / w.gs, per_group = w.gs / 32, bb = block_bytes(BITS);
+  const uint8_t* wp[C];
+  const float *sp[C], *bp[C];
+  for (int c = 0; c < C; ++c) {
+    const int panel = (u0 + c) / UNITS_PER_PANEL, half = (u0 + c) % UNITS_PER_PANEL;
+    wp[c] = w.w + static_cast<size_t>(panel) * blocks * bb + half * Vec::LANES * 4;
+    sp[c] = w.s + static_cast<size_t>(panel) * G * PANEL + half * Vec::LANES;
+    bp[c] = w.b + static_cast<size_t>(panel) * G * PANEL + half * Vec::LANES;
+  }
+  Vec::F f[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) f[r][c] = Vec::fzero();
+  const Vec::I mask = Vec::words(BITS == 4 ? 0x000F : 0x00FF);
+  for (int j = 0; j < blocks; ++j) {
+    const int16_t* xq[R];
+    for (int r = 0; r < R; ++r) xq[r] = qx.q.data() + static_cast<size_t>(m0 + r) * w.K + j * 32;
+    Vec::I acc[R][C], z[C], v[C];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = Vec::zero();
+    if constexpr (BITS == 4) {
+      for (int ch = 0; ch < 4; ++ch) {
+        for (int c = 0; c < C; ++c) z[c] = Vec::load(wp[c] + static_cast<size_t>(j) * bb + ch * 64);
+        for (int c = 0; c < C; ++c) v[c] = Vec::band(z[c], mask);
+        accumulate<R, C>(acc, v, xq, 4 * ch);
+        for (int c = 0; c < C; ++c) v[c] = Vec::band(Vec::shr<4>(z[c]), mask);
+        accumulate<R, C>(acc, v, xq, 4 * ch + 1);
+        for (int c = 0; c < C; ++c) v[c] = Vec::band(Vec::shr<8>(z[c]), mask);
+        accumulate<R, C>(acc, v, xq, 4 * ch + 2);
+        for (int c = 0; c < C; ++c) v[c] = Vec::shr<12>(z[c]);
+        accumulate<R, C>(acc, v, xq, 4 * ch + 3);
+      }
+    } else {
+      for (int ch = 0; ch < 8; ++ch) {
+        for (int c = 0; c < C; ++c) z[c] = Vec::load(wp[c] + static_cast<size_t>(j) * bb + ch * 64);
+        for (int c = 0; c < C; ++c) v[c] = Vec::band(z[c], mask);
+        accumulate<R, C>(acc, v, xq, 2 * ch);
+        for (int c = 0; c < C; ++c) v[c] = Vec::shr<8>(z[c]);
+        accumulate<R, C>(acc, v, xq, 2 * ch + 1);
+      }
+    }
+    const int g = j / per_group;
+    for (int c = 0; c < C; ++c) {
+      const Vec::F sv = Vec::floats(sp[c] + g * PANEL);
+      for (int r = 0; r < R; ++r)
+        f[r][c] = Vec::fma(Vec::scaled(acc[r][c], qx.scale[static_cast<size_t>(m0 + r) * blocks + j]), sv, f[r][c]);
+    }
+    if ((j + 1) % per_group == 0)
+      for (int c = 0; c < C; ++c) {
+        const Vec::F bv = Vec::floats(bp[c] + g * PANEL);
+        for (int r = 0; r < R; ++r)
+          f[r][c] = Vec::fma(bv, Vec::fill(qx.xsum[static_cast<size_t>(m0 + r) * G + g]), f[r][c]);
+      }
+  }
+  for (int c = 0; c < C; ++c) {
+    const int n0 = (u0 + c) * Vec::LANES, count = std::min(Vec::LANES, w.N - n0);
+    if (count <= 0) continue; // padding columns of the last panel
+    for (int r = 0; r < R; ++r) {
+      float* out = y + static_cast<size_t>(m0 + r) * w.N + n0;
+      if (count == Vec::LANES) {
+        Vec::store(out, f[r][c]);
+      } else {
+        float tmp[Vec::LANES];
+        Vec::store(tmp, f[r][c]);
+        std::copy(tmp, tmp + count, out);
+      }
+    }
+  }
+}
+
+// Units [u0, u1) of one product for R-row groups from m0 (C = TILE / R units at a time).
+template <int BITS, int R>
+void row_group(const PackedWeight& w, const QuantX& qx, float* y, int m0, int u0, int u1) {
+  constexpr int C = Vec::TILE / R;
+  int u = u0;
+  for (; u + C <= u1; u += C) tile<BITS, R, C>(w, qx, y, m0, u);
+  for (; u < u1; ++u) tile<BITS, R, 1>(w, qx, y, m0, u);
+}
+
+// The weights stream from memory once: for each TILE units, every group of rows runs over them (the later
+// groups read them from cache).
+template <int BITS>
+void units(const PackedWeight& w, const QuantX& qx, float* y, int M, int u0, int u1) {
+  for (int u = u0; u < u1; u += Vec::TILE) {
+    const int end = std::min(u1, u + Vec::TILE);
+    int m = 0;
+    if constexpr (Vec::TILE >= 8)
+      for (; m + 8 <= M; m += 8) row_group<BITS, 8>(w, qx, y, m, u, end);
+    for (; m + 4 <= M; m += 4) row_group<BITS, 4>(w, qx, y, m, u, end);
+    for (; m + 2 <= M; m += 2) row_group<BITS, 2>(w, qx, y, m, u, end);
+    for (; m < M; ++m) row_group<BITS, 1>(w, qx, y, m, u, end);
+  }
+}
+
+void run_units(const Products& p, const QuantX& qx, int i, int u0, int u1) {
+  const PackedWeight& w = p.w[i];
+  w.bits == 4 ? units<4>(w, qx, p.y[i], p.M, u0, u1) : units<8>(w, qx, p.y[i], p.M, u0, u1);
+}
+
+int units_of(const PackedWeight& w) {
+  return (w.N + PANEL - 1) / PANEL * UNITS_PER_PANEL;
+}
+
+#else
+// ---- portable: fp32 loops over the same layout (the compiler vectorises the 16 columns) -------------------
+
+struct QuantX {
+  const float* x;
+  std::vector<float> xsum; // M x G: group sums of x
+};
+
+void quantize_x(const float* x, int M, int K, int gs, QuantX& out) {
+  const int G = K / gs;
+  out.x = x;
+  out.xsum.assign(static_cast<size_t>(M) * G, 0.f);
+  for (int m = 0; m < M; ++m)
+    for (int k = 0; k < K; ++k) out.xsum[static_cast<size_t>(m) * G + k / gs] += x[static_cast<size_t>(m) * K + k];
+}
+
+// One panel's block as integers, q[k][l] (k-index within the block, column l of the panel).
+void decode_block(const uint8_t* src, int bits, float (&q)[32][PANEL]) {
+  for (int l = 0; l < PANEL; ++l)
+    for (int k = 0; k < 32; ++k) {
+      const int t = k / 2, e = k % 2, per = bits == 4 ? 4 : 2, chunk = t / per, sub = t % per;
+      uint16_t word;
+      std::memcpy(&word, src + chunk * 64 + (2 * l + e) * 2, 2);
+      q[k][l] = static_cast<float>((word >> (sub * bits)) & ((1 << bits) - 1));
+    }
+}
+
+void run_units(const Products& p, const QuantX& qx, int i, int u0, int u1) {
+  const PackedWeight& w = p.w[i];
+  const int blocks = w.K / 32, G = w.K / w.gs, per_group = w.gs / 32, M = p.M;
+  std::vector<float> f(static_cast<size_t>(M) * PANEL);
+  float q[32][PANEL];
+  for (int panel = u0; panel < u1; ++panel) {
+    std::fill(f.begin(), f.end(), 0.f);
+    const float* sp = w.s + static_cast<size_t>(panel) * G * PANEL;
+    const float* bp = w.b + static_cast<size_t>(panel) * G * PANEL;
+    for (int j = 0; j < blocks; ++j) {
+      decode_block(w.w + (static_cast<size_t>(panel) * blocks + j) * block_bytes(w.bits), w.bits, q);
+      const int g = j / per_group;
+      for (int m = 0; m < M; ++m) {
+        const float* xb = qx.x + static_cast<size_t>(m) * w.K + j * 32;
+        float d[PANEL] = {};
+        for (int k = 0; k < 32; ++k)
+          for (int l = 0; l < PANEL; ++l) d[l] += xb[k] * q[k][l];
+        float* fm = f.data() + static_cast<size_t>(m) * PANEL;
+        for (int l = 0; l < PANEL; ++l) fm[l] += sp[g * PANEL + l] * d[l];
+        if ((j + 1) % per_group == 0)
+          for (int l = 0; l < PANEL; ++l) fm[l] += bp[g * PANEL + l] * qx.xsum[static_cast<size_t>(m) * G + g];
+      }
+    }
+    const int n0 = panel * PANEL, count = std::min(PANEL, w.N - n0);
+    for (int m = 0; m < M; ++m)
+      std::copy(f.data() + static_cast<size_t>(m) * PANEL, f.data() + static_cast<size_t>(m) * PANEL + count,
+                p.y[i] + static_cast<size_t>(m) * w.N + n0);
+  }
+}
+
+int units_of(const PackedWeight& w) {
+  return (w.N + PANEL - 1) / PANEL;
+}
+#endif
+
+// Products smaller than this (multiply-adds) run on the calling thread.
+constexpr long PARALLEL_MACS = 64l << 10;
+
+} // namespace
+
+void packed_gemm_many(const float* x, int M, const PackedWeight* ws, float* const* ys, int count) {
+  for (int i = 1; i < count; ++i)
+    if (ws[i].K != ws[0].K || ws[i].gs != ws[0].gs) {
+      for (int j = 0; j < count; ++j) packed_gemm(x, M, ws[j], ys[j]);
+      return;
+    }
+  thread_local QuantX scratch; // reused across calls; the workers must see the caller's, hence `qx` below
+  QuantX& qx = scratch;
+  quantize_x(x, M, ws[0].K, ws[0].gs, qx);
+  const Products p{ws, ys, count, M};
+  long total = 0, macs = 0;
+  for (int i = 0; i < count; ++i) {
+    total += units_of(ws[i]);
+    macs += static_cast<long>(ws[i].N) * ws[i].K * M;
+  }
+  // Split the units of all products over the cores, in contiguous ranges.
+  const int parts = macs > PARALLEL_MACS ? static_cast<int>(std::min<long>(pool_size(), total)) : 1;
+  pool_run(parts, [&](int t) {
+    long lo = total * t / parts, hi = total * (t + 1) / parts, base = 0;
+    for (int i = 0; i < count && lo < hi; ++i) {
+      const long n = units_of(ws[i]);
+      if (lo < base + n) {
+        const long end = std::min(hi, base + n);
+        run_units(p, qx, i, static_cast<int>(lo - base), static_cast<int>(end - base));
+        lo = end;
+      }
+      base += n;
+    }
+  });
+}
+
+void packed_gemm(const float* x, int M, const PackedWeight& w, float* y) {
+  packed_gemm_many(x, M, &w, &y, 1);
+}
+
+const char* simd_name() {
+#if EDGE_AVX512 && defined(__AVX512VNNI__)
+  return "avx512-vnni";
+#elif EDGE_AVX512
+  return "avx512";
+#elif EDGE_X86 && (defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__)))
+  return "avx2+vnni";
+#elif EDGE_X86
+  return "avx2";
+#else
+  return "portable";
+#endif
+}
+
+} // namespace edge

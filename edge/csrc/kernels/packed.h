@@ -1,0 +1,38 @@
+// edge's quantized products on CPUs. Plain C++ (no MLX): the MLX primitives in quantized.cpp and the fused
+// decoder layer in decoder.cpp call these.
+//
+// Weights are MLX's affine 4/8-bit quantization (w = scale * q + bias per group of 32, 64 or 128 along K),
+// repacked once at load (edge/kernels/layout.py writes this layout; `unpack` there reads it back):
+//   - output columns in panels of 16 (N padded up to a multiple of 16 with zero weights);
+//   - per panel and per block of 32 along K, 16 * 32 * bits / 8 bytes (256 for 4-bit, 512 for 8-bit), as
+//     64-byte chunks of 32 uint16 words; word i = 2 * l + e (column l of the panel, e in {0, 1}) holds
+//       4-bit: in nibble k (bits 4k..4k+3) the integer of k-index 2 * (4 * chunk + k) + e,
+//       8-bit: in byte k (bits 8k..8k+7) the integer of k-index 2 * (2 * chunk + k) + e,
+//     so shifting and masking a chunk yields, for t = 0..15, the vector of (q[2t], q[2t+1]) int16 pairs of
+//     all 16 columns: one pair per 32-bit lane, what integer dot-product instructions take;
+//   - scales and biases as fp32 (panels, groups, 16).
+// A product then keeps 16 columns in one vector's lanes and needs no horizontal sums; each unpacked weight
+// vector serves every input row of the call, so a verify pass over 8 positions costs far less than 8 decode
+// steps. Each row's arithmetic is the same whatever the number of rows, so results do not depend on M.
+#pragma once
+
+#include <cstdint>
+
+namespace edge {
+
+struct PackedWeight {
+  const uint8_t* w; // (panels, K / 32, 16 * 32 * bits / 8)
+  const float* s; // (panels, K / gs, 16)
+  const float* b; // (panels, K / gs, 16)
+  int N, K, gs, bits;
+};
+
+// y (M x N, row-contiguous) = x (M x K) @ dequantize(w).T, split over edge's worker pool.
+void packed_gemm(const float* x, int M, const PackedWeight& w, float* y);
+// Several products of the same x (same K, group size and bits: q, k, v; gate, up), in one round.
+void packed_gemm_many(const float* x, int M, const PackedWeight* ws, float* const* ys, int count);
+
+// Which vector unit the kernels were compiled for ("avx512-vnni", "avx2+vnni", "avx2" or "portable").
+const char* simd_name();
+
+} // namespace edge
