@@ -2,14 +2,17 @@
 
 For each drafter and prompt class (input-grounded tasks, open chat; prompts in `assets/spec_prompts.json`):
 decode tok/s over the class, the ratio to plain decoding measured in the same run, the acceptance rate,
-and whether greedy output was identical to plain. With a draft model and `--peers mlx_lm`, mlx-lm's
-`stream_generate(draft_model=...)` runs on the same prompts in a child process (its acceptance counts the
-tokens it reports `from_draft`).
+and whether greedy output was identical to plain. `--repeats R` runs plain decoding and every drafter R
+times, interleaved (plain, each drafter, plain, ...), so drift on a shared machine hits both sides of a
+ratio alike; the table gives medians (and the range of the ratios). With a draft model and
+`--peers mlx_lm`, mlx-lm's `stream_generate(draft_model=...)` runs on the same prompts in a child process
+(its acceptance counts the tokens it reports `from_draft`).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from importlib.resources import files
@@ -79,35 +82,53 @@ def run_speculative_bench(model, args) -> int:
     names = [d.strip() for d in args.draft.split(",") if d.strip()]
     if names == ["all"]:
         names = ["lookup", "auto", "self:4"] + ([args.draft_model] if args.draft_model else [])
-    plain = {cls: _run(model, ids, sampling, None) for cls, ids in prompts.items()}
-    rows = []
-    for name in names:
-        drafter = make_drafter(name, model)
-        for cls, ids in prompts.items():
-            r = _run(model, ids, sampling, drafter, args.draft_length)
-            ratio = r["decode_tps"] / plain[cls]["decode_tps"] if plain[cls]["decode_tps"] else None
-            acceptance = r["accepted"] / r["drafted"] if r["drafted"] else 0.0
-            identical = (r["outputs"] == plain[cls]["outputs"]) if args.temperature == 0 else None
-            rows.append(_row(name, cls, r["decode_tps"], ratio, acceptance, r["from_draft"], identical))
+    drafters = {name: make_drafter(name, model) for name in names}
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(max(1, args.repeats)):
+        for cls, ids in prompts.items():  # interleaved: each drafter right after its plain run
+            plain = _run(model, ids, sampling, None)
+            runs.setdefault(("plain", cls), []).append({**plain, "ratio": 1.0})
+            for name, drafter in drafters.items():
+                r = _run(model, ids, sampling, drafter, args.draft_length)
+                r["ratio"] = r["decode_tps"] / plain["decode_tps"] if plain["decode_tps"] else None
+                r["identical"] = (r["outputs"] == plain["outputs"]) if args.temperature == 0 else None
+                runs.setdefault((name, cls), []).append(r)
+    rows = [_summary(name, cls, rs) for (name, cls), rs in runs.items()]
+    rows.sort(
+        key=lambda r: (r["drafter"] != "plain", list(drafters).index(r["drafter"]) if r["drafter"] in drafters else -1)
+    )
     for name in names:
         if "mlx_lm" in (args.peers or "") and name not in ("lookup", "auto") and not name.startswith("self"):
             for cls, texts in suite.items():
+                plain_tps = statistics.median(r["decode_tps"] for r in runs[("plain", cls)])
                 rows.append(
                     _mlx_lm_row(
-                        str(model.path),
-                        name,
-                        cls,
-                        [model.encode(t, chat=chat) for t in texts],
-                        args,
-                        plain[cls]["decode_tps"],
+                        str(model.path), name, cls, [model.encode(t, chat=chat) for t in texts], args, plain_tps
                     )
                 )
-    plain_rows = [_row("plain", c, p["decode_tps"], 1.0, None, None, True) for c, p in plain.items()]
     if args.json:
-        print(json.dumps(plain_rows + rows, indent=2))
+        print(json.dumps(rows, indent=2))
     else:
-        _print(model, plain_rows + rows, args)
+        _print(model, rows, args)
     return 0
+
+
+def _summary(name: str, cls: str, runs: list[dict]) -> dict:
+    """One row from the repeats: median tok/s and ratio, acceptance over all runs, identical in every run."""
+    drafted, accepted = sum(r.get("drafted", 0) for r in runs), sum(r.get("accepted", 0) for r in runs)
+    ratios = [r["ratio"] for r in runs if r["ratio"] is not None]
+    row = _row(
+        name,
+        cls,
+        statistics.median(r["decode_tps"] for r in runs),
+        statistics.median(ratios) if ratios else None,
+        None if name == "plain" else (accepted / drafted if drafted else 0.0),
+        None if name == "plain" else statistics.median(r["from_draft"] for r in runs),
+        True if name == "plain" else (None if runs[0].get("identical") is None else all(r["identical"] for r in runs)),
+    )
+    row["ratio_range"] = [min(ratios), max(ratios)] if ratios else None
+    row["runs"] = len(runs)
+    return row
 
 
 def _mlx_lm_row(model_path: str, draft: str, cls: str, prompts: list[list[int]], args, plain_tps: float) -> dict:
@@ -153,21 +174,25 @@ def _print(model, rows: list[dict], args) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    runs = max(1, args.repeats)
     t = Table(
-        title=f"speculative decoding: {model.path.name}, temperature {args.temperature}, {args.max_tokens} tokens per prompt"
+        title=f"speculative decoding: {model.path.name}, temperature {args.temperature}, {args.max_tokens} tokens per "
+        f"prompt, {runs} interleaved run{'s' if runs > 1 else ''}" + (" (medians)" if runs > 1 else "")
     )
-    for col in ("drafter", "prompts", "decode tok/s", "vs plain", "acceptance", "from draft", "identical to plain"):
+    for col in ("drafter", "prompts", "decode tok/s", "vs plain", "range", "acceptance", "from draft", "identical"):
         t.add_column(col, justify="left" if col in ("drafter", "prompts") else "right")
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     for r in rows:
         same = "-" if r["identical"] is None else ("yes" if r["identical"] else "NO")
         name = r["drafter"] if len(r["drafter"]) < 24 else "..." + r["drafter"][-21:]
         ratio = fmt(r["ratio"], ".2f") + ("x" if r["ratio"] else "")
+        span = r.get("ratio_range")
         t.add_row(
             name,
             r["prompt_class"],
             fmt(r["decode_tps"], ".1f"),
             ratio,
+            "-" if not span or r["drafter"] == "plain" else f"{span[0]:.2f}-{span[1]:.2f}",
             fmt(r["acceptance"], ".0%"),
             fmt(r["from_draft"], ".0%"),
             same,

@@ -222,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--peer-tokens", type=int, default=8, help="decode tokens for the peers (mlx-lm decodes ~0.2 tok/s on CPUs)"
     )
     p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length, the same for every engine")
-    p.add_argument("--repeats", type=int, default=3, help="edge runs; the median is reported")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="edge runs (with --draft: interleaved runs); medians are reported"
+    )
     p.add_argument(
         "--peers",
         default=None,

@@ -52,3 +52,29 @@ def test_help_is_fast_and_lists_commands():
     assert proc.returncode == 0
     for cmd in ("convert", "generate", "chat", "info", "bench"):
         assert cmd in proc.stdout
+
+
+def test_bench_draft_prints_one_row_per_drafter_and_class(tmp_path, tokenizer):
+    """`edge bench --draft lookup,auto --json`: the keys the issue fixes, plain rows at 1.0, greedy output
+    identical to plain in every interleaved run, acceptance within [0, 1]."""
+    import builders
+
+    from edge.converters import convert
+
+    src = builders.write_hf_model(tmp_path / "hf", "llama", tok=tokenizer, seed=4, max_position_embeddings=1024)
+    convert(src, tmp_path / "model", dtype="float32", progress=False)
+    proc = run_cli(
+        "bench", str(tmp_path / "model"), "--draft", "lookup,auto", "--max-tokens", "12", "--repeats", "2", "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert {(r["drafter"], r["prompt_class"]) for r in rows} == {
+        (d, c) for d in ("plain", "lookup", "auto") for c in ("grounded", "open")
+    }
+    for r in rows:
+        assert {"drafter", "prompt_class", "decode_tps", "ratio", "acceptance", "identical"} <= set(r)
+        assert r["decode_tps"] > 0 and r["identical"] is True and r["runs"] == 2
+        if r["drafter"] == "plain":
+            assert r["ratio"] == 1.0
+        else:
+            assert 0.0 <= r["acceptance"] <= 1.0 and r["ratio_range"][0] <= r["ratio"] <= r["ratio_range"][1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import builders
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -142,8 +143,9 @@ def test_kernels_can_be_turned_off():
 
 
 @pytest.fixture(scope="module")
-def quantized_models(tmp_path_factory, hf_models, gguf_model) -> dict:
-    """Each tiny architecture at 4 bits (group 32), plus the GGUF one (Q4_1 layers, Q8_0 tied embedding)."""
+def quantized_models(tmp_path_factory, hf_models, gguf_model, tokenizer) -> dict:
+    """Each tiny architecture at 4 bits (group 32), the GGUF one (Q4_1 layers, Q8_0 tied embedding), and a
+    llama with a 1,100-token context (8-bit, group 64) for long attention."""
     from edge.converters import convert
 
     root = tmp_path_factory.mktemp("q")
@@ -152,6 +154,9 @@ def quantized_models(tmp_path_factory, hf_models, gguf_model) -> dict:
     for arch, src in hf_models.items():
         convert(src, root / arch, bits=4, group_size=32, progress=False)
         out[arch] = root / arch
+    long_src = builders.write_hf_model(root / "hf-long", "llama", tok=tokenizer, seed=5, max_position_embeddings=1100)
+    convert(long_src, root / "long", bits=8, group_size=64, progress=False)
+    out["long"] = root / "long"
     return out
 
 
@@ -184,6 +189,37 @@ def test_fused_layers_match_mlx_lm_layers(quantized_models, name):
         np.testing.assert_allclose(got, again[:, -3:], atol=tol)
 
 
+def test_fused_attention_over_a_long_context(quantized_models):
+    """900 positions (the cache grows past several 256-position steps, scores span many 16-position tiles):
+    prefill in two calls, then single steps, against mlx-lm's layers on the same weights."""
+    fast, ref = edge.load(quantized_models["long"]), edge.load(quantized_models["long"], compute="native")
+    assert type(fast.module).__name__.startswith("Fused")
+    ids = [(i * 37 + 11) % 300 + 3 for i in range(900)]
+    want = np.array(ref.module(mx.array(ids)[None]))
+    tol = 1e-3 * np.abs(want).max()
+    cache = fast.make_cache()
+    got = [
+        np.array(fast.module(mx.array(ids[:300])[None], cache=cache)),
+        np.array(fast.module(mx.array(ids[300:890])[None], cache=cache)),
+    ]
+    got += [np.array(fast.module(mx.array([[t]]), cache=cache)) for t in ids[890:]]
+    np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=tol)
+
+
+@pytest.mark.parametrize("name", ["gguf", "long"])
+def test_a_verify_pass_equals_single_steps_bit_for_bit(quantized_models, name):
+    """Greedy speculative decoding is exact only if the target's logits for a position do not depend on how
+    many positions share the pass: 7 positions at once give the same bits as 7 single steps."""
+    model = edge.load(quantized_models[name])
+    ids = [(i * 13 + 5) % 300 + 3 for i in range(160 if name == "gguf" else 700)]
+    a, b = model.make_cache(), model.make_cache()
+    for c in (a, b):
+        model.module(mx.array(ids[:-7])[None], cache=c)
+    together = np.array(model.module(mx.array(ids[-7:])[None], cache=a))[0]
+    alone = np.stack([np.array(model.module(mx.array([[t]]), cache=b))[0, 0] for t in ids[-7:]])
+    assert np.array_equal(together, alone)
+
+
 def test_fused_model_generates_exactly_with_drafts_and_chat(quantized_models):
     model = edge.load(quantized_models["gguf"])
     prompt = "the quick brown fox the quick brown fox the quick"
@@ -199,45 +235,73 @@ def test_fused_model_generates_exactly_with_drafts_and_chat(quantized_models):
     assert list(fresh.send("and again", max_tokens=8))[-1].text == second.text
 
 
-PORTABLE_CHECK = r"""
-import importlib.util, sys
+OTHER_TARGET_CHECK = r"""
+import sys
 import mlx.core as mx
+import numpy as np
+import edge
+import edge.kernels.cpu as cpu
 from edge.kernels.layout import pack
-spec = importlib.util.spec_from_file_location("_edge_kernels", sys.argv[1])
-ext = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ext)
-assert ext.simd() == "portable", ext.simd()
+so, simd, folder = sys.argv[1:4]
+cpu.build = lambda arch="native": so  # this process runs the extension built for the other target
+ext = cpu.load_extension()
+assert ext is not None and ext.simd() == simd, (cpu.status(), simd)
 worst = 0.0
 for bits in (4, 8):
     for gs in (32, 64, 128):
-        for n, m in ((1, 1), (13, 3), (70, 6)):
+        for n, m in ((1, 1), (13, 3), (70, 6), (40, 9)):
             w = mx.random.normal((n, 256), key=mx.random.key(n + m + bits)) * 0.05
             wq, s, b = mx.quantize(w, group_size=gs, bits=bits)
             x = mx.random.normal((m, 256), key=mx.random.key(gs))
-            got = ext.packed_matmul(x, *pack(wq, s, b, bits, gs), n, gs, bits)
+            packed = pack(wq, s, b, bits, gs)
+            got = ext.packed_matmul(x, *packed, n, gs, bits)
             want = mx.quantized_matmul(x, wq, s, b, transpose=True, group_size=gs, bits=bits)
             worst = max(worst, (mx.abs(got - want).max() / mx.abs(want).max()).item())
+            assert mx.array_equal(ext.packed_matmul(x[-1:], *packed, n, gs, bits)[0], got[-1]).item()
+fast, ref = edge.load(folder), edge.load(folder, compute="native")  # fused layers on this build
+assert type(fast.module).__name__.startswith("Fused")
+ids = mx.array([[1, 5, 9, 200, 31, 7, 7, 64]])
+a, b = np.array(fast.module(ids, cache=fast.make_cache())), np.array(ref.module(ids))
+worst = max(worst, float(np.abs(a - b).max() / np.abs(b).max()))
 print(worst)
 """
 
 
-def test_portable_fallback_build(build_cache):
-    """The loops compiled for the baseline CPU (no AVX2): what runs on a CPU without the vector units."""
+def _cpu_has(*flags: str) -> bool:
+    from edge.kernels.cpu import _cpu_flags
+
+    return all(f in _cpu_flags().split() for f in flags)
+
+
+@pytest.mark.parametrize(
+    ("arch", "simd"),
+    [
+        ("", "portable"),
+        pytest.param(
+            "haswell", "avx2", marks=pytest.mark.skipif(not _cpu_has("avx2", "fma"), reason="this CPU has no AVX2")
+        ),
+    ],
+)
+def test_builds_for_other_targets(build_cache, quantized_models, arch, simd):
+    """The code paths this CPU does not take by default, built for their targets and run here: the portable
+    loops (the baseline x86-64 compiler target; what a CPU without AVX2 runs) and AVX2 without AVX-512.
+    Products against MLX's own, each row alone equal to the batch, and a fused model against mlx-lm's layers."""
     import os
 
     from edge.kernels.cpu import build
 
-    so = build(native=False)
+    so = build(arch)
     env = {**os.environ, "EDGE_BUILD": str(build_cache)}
-    done = subprocess.run([sys.executable, "-c", PORTABLE_CHECK, str(so)], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr
-    assert float(done.stdout) < 1e-4
+    args = [sys.executable, "-c", OTHER_TARGET_CHECK, str(so), simd, str(quantized_models["gguf"])]
+    done = subprocess.run(args, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout) < 1e-3
 
 
 def test_a_failed_build_falls_back_to_mlx_ops(monkeypatch):
     import edge.kernels.cpu as cpu
 
-    def no_compiler(native=True):
+    def no_compiler(arch="native"):
         raise RuntimeError("building edge's kernels failed: no C++ compiler")
 
     monkeypatch.setattr(cpu, "build", no_compiler)

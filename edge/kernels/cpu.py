@@ -76,10 +76,11 @@ def _cmake() -> str:
         return found
 
 
-def build(native: bool = True) -> Path:
+def build(arch: str = "native") -> Path:
     """The compiled extension, building it into the cache if this source / mlx / CPU has none yet.
-    native=False compiles for the baseline CPU (the portable loops on x86-64): the fallback, for tests."""
-    out = build_dir() / f"kernels-{_key()}{'' if native else '-portable'}"
+    `arch` is the -march target: "native" for use; "" (the compiler's baseline: the portable loops on x86-64)
+    or "haswell" (AVX2 without AVX-512) build the paths this CPU would not take, for tests."""
+    out = build_dir() / f"kernels-{_key()}{'' if arch == 'native' else '-' + (arch or 'portable')}"
     found = sorted(out.glob(f"{MODULE}*.so")) if out.exists() else []
     if found:
         return found[0]
@@ -87,7 +88,7 @@ def build(native: bool = True) -> Path:
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".kernels-") as tmp:
         work = Path(tmp) / "build"
         configure = [_cmake(), "-S", str(SOURCE_DIR), "-B", str(work), f"-DPython_EXECUTABLE={sys.executable}"]
-        configure.append(f"-DEDGE_NATIVE={'ON' if native else 'OFF'}")
+        configure.append(f"-DEDGE_ARCH={arch}")
         for cmd in (configure, [_cmake(), "--build", str(work), "-j", str(os.cpu_count() or 2)]):
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:

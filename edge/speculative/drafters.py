@@ -38,7 +38,7 @@ class PromptLookup:
     No model and no state: a miss costs one vectorised search over the history.
     """
 
-    max_ngram: int = 3
+    max_ngram: int = 5
     min_ngram: int = 1
     name: str = "lookup"
     first_k: int = 4
