@@ -34,7 +34,15 @@ print(json.dumps({"prompt_tps": last.prompt_tps, "decode_tps": last.generation_t
 LLAMA_CPP_CHILD = r"""
 import json, os, sys, time
 args = json.loads(sys.argv[1])
+import llama_cpp.llama_cpp as low_level
 from llama_cpp import Llama
+if args.get("no_extra_buffers"):  # llama.cpp's weight-repacking buffer types (AMX and others) off
+    default_params = low_level.llama_model_default_params
+    def without_extra_buffers():
+        p = default_params()
+        p.use_extra_bufts = False
+        return p
+    low_level.llama_model_default_params = without_extra_buffers
 llm = Llama(model_path=args["gguf"], n_threads=os.cpu_count(), n_ctx=len(args["prompt"]) + args["max_tokens"] + 8,
             verbose=False)
 def once(n):
@@ -113,11 +121,17 @@ def run_llama_cpp(gguf: Path | None, prompt: list[int], max_tokens: int, repeats
         return {"error": "llama-cpp-python is not installed (pip install -e '.[bench]')"}
     if gguf is None:
         return {"error": "no GGUF for this model: pass --gguf, or convert the model from a GGUF"}
-    args = json.dumps({"gguf": str(gguf), "prompt": prompt, "max_tokens": max_tokens, "repeats": max(repeats, 1)})
-    done = subprocess.run([sys.executable, "-c", LLAMA_CPP_CHILD, args], capture_output=True, text=True)
+    args = {"gguf": str(gguf), "prompt": prompt, "max_tokens": max_tokens, "repeats": max(repeats, 1)}
+    done = subprocess.run([sys.executable, "-c", LLAMA_CPP_CHILD, json.dumps(args)], capture_output=True, text=True)
+    note = None
+    if done.returncode < 0:  # killed by a signal: seen with llama.cpp's AMX kernels (SIGSEGV) on a KVM Xeon
+        note = f"llama.cpp crashed (signal {-done.returncode}) with its extra buffer types (AMX, repacking); measured without them"
+        args["no_extra_buffers"] = True
+        done = subprocess.run([sys.executable, "-c", LLAMA_CPP_CHILD, json.dumps(args)], capture_output=True, text=True)
     if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        return {"error": (done.stderr.strip().splitlines() or [f"failed (exit code {done.returncode})"])[-1]}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**result, "note": note} if note else result
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -199,3 +213,6 @@ def _print_table(s: dict) -> None:
         )
     Console().print(t)
     Console().print(f"BLAS: {s['blas']}; kernels: {s['kernels']}")
+    for name, r in s["engines"].items():
+        if r.get("note"):
+            Console().print(f"{name}: {r['note']}")

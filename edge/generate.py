@@ -45,11 +45,14 @@ def token_stream(
     processors: list[LogitsProcessor],
     max_tokens: int,
     history: list[int] | None = None,
+    stop=None,
 ) -> Iterator[int]:
     """Yield up to `max_tokens` sampled ids for `prompt` (the tokens not yet in `cache`).
 
     `history` is every token before generation (reused ones included) for the penalties. When id n is
-    handed out, it has already been fed to the cache (step n+1 is queued).
+    handed out, it has already been fed to the cache (step n+1 is queued), except for the last one. `stop`
+    (no arguments) is asked before each next step is queued; when it says yes, the current id is the last
+    (the speculative loop ends a plain burst that way, wasting no step).
     """
     seen = mx.array(history if history is not None else prompt) if processors else None
 
@@ -66,10 +69,13 @@ def token_stream(
     mx.async_eval(y)
     for n in range(max_tokens):
         current = y
-        if n + 1 < max_tokens:
+        last = n + 1 >= max_tokens or (stop is not None and stop())
+        if not last:
             y = step(current, generated=True)
             mx.async_eval(y)
         yield current.item()
+        if last:
+            return
 
 
 def stream_events(

@@ -288,6 +288,55 @@ def test_adaptive_length_turns_off_a_drafter_that_cannot_pay():
     assert good.choose(2) <= 2
 
 
+def test_weak_and_strong_proposals_are_judged_apart():
+    """Rejected single-token lookups switch weak proposals off; long matches (92% first-token acceptance on
+    SmolLM2's prompts) keep drafting, with their own estimate."""
+    c = DraftLength(t_plain=0.010, t_sync=0.0105)
+    for _ in range(6):
+        c.record(4, 0, t_draft=0.0, t_verify=0.02)  # weak proposals, all rejected
+    assert c.choose(64) == 0 and c.choose(64, strong=True) >= 4
+    for _ in range(6):
+        c.record(4, 0, t_draft=0.0, t_verify=0.02, strong=True)  # and when strong ones fail too
+    assert c.choose(64, strong=True) == 0
+
+
+def test_one_slow_step_moves_the_cost_estimates_a_bounded_amount():
+    c = DraftLength(t_plain=0.010, t_sync=0.010)
+    c.record(0, 0, t_draft=0.0, t_verify=0.5)  # a step the OS stalled for half a second
+    assert c.t_sync == pytest.approx(0.8 * 0.010 + 0.2 * 0.020)
+    c.record_plain(4, 0.0)  # and a burst timed impossibly fast
+    assert c.t_plain == pytest.approx(0.8 * 0.010 + 0.2 * 0.005)
+
+
+def test_prompt_lookup_matches_and_strength():
+    look = PromptLookup()
+    tokens = [1, 2, 3, 4, 5, 6, 9, 9, 2, 3, 4, 5]
+    assert look.propose(tokens, 3)[0] == [6, 9, 9]  # 4-gram 2 3 4 5 seen before: continue it
+    assert look.strong(tokens)
+    weak = [1, 2, 3, 7, 8, 3]
+    assert look.propose(weak, 2)[0] == [7, 8] and not look.strong(weak)  # a single-token match
+    assert look.propose([1, 2, 3], 4)[0] == [] and not look.strong([1, 2, 3])
+    assert look.propose([5, 6, 5, 6, 5], 8)[0] == [6, 5]  # the most recent occurrence, cut at the end
+
+
+def test_a_plain_burst_stopped_early_wastes_nothing(target):
+    """The speculative loop ends a pipelined burst by not queueing the next step: the last id handed out is
+    not yet in the cache, and decoding on from it gives exactly the uninterrupted output."""
+    from edge.generate import token_stream
+    from edge.sampling import make_sampler
+
+    prompt = target.encode("Once upon a time")
+    full = list(stream_events(target, prompt, target.make_cache(), Sampling(max_tokens=12), eos=set()))[-1].token_ids
+    cache, got = target.make_cache(), []
+    sampler = make_sampler(Sampling())
+    for t in token_stream(target.module, prompt, cache, sampler, [], 12, prompt, stop=lambda: len(got) == 5):
+        got.append(t)
+    assert len(got) == 6 and cache[0].offset == len(prompt) + 5  # the sixth id is not fed yet
+    for t in token_stream(target.module, got[-1:], cache, sampler, [], 6, prompt + got):
+        got.append(t)
+    assert tuple(got) == full
+
+
 # ---- auto: prompt lookup, then a second drafter while it pays ----
 
 

@@ -49,6 +49,8 @@ class DraftLength:
     decay: float = 0.8
     """Weight of the past in the moving averages."""
     accepts: Acceptance = field(default_factory=Acceptance)
+    strong_accepts: Acceptance = field(default_factory=lambda: Acceptance(successes=4.5, trials=5.0))
+    """Acceptance of drafts from a drafter's strong proposals (prompt lookup's long matches); prior 0.9."""
     t_plain: float | None = None
     """Seconds per token of plain decoding as `generate` runs it (pipelined): the rate to beat."""
     t_sync: float | None = None
@@ -74,14 +76,19 @@ class DraftLength:
         return self.accepts.value
 
     def _avg(self, old: float | None, new: float) -> float:
-        return new if old is None else self.decay * old + (1 - self.decay) * new
+        if old is None or old <= 0:
+            return new if old is None else (1 - self.decay) * new
+        # a step the OS or another process slowed down (or a lucky one) moves the estimate by a bounded amount
+        new = min(max(new, 0.5 * old), 2.0 * old)
+        return self.decay * old + (1 - self.decay) * new
 
     def can_pay(self) -> bool:
         """False when even drafts that are always accepted could not beat plain decoding."""
         return (self.t_draft or 0.0) + (self.t_extra or 0.0) < (self.t_plain or float("inf"))
 
-    def choose(self, limit: int) -> int:
-        """The draft length for the next step (0 = a plain step), at most `limit`."""
+    def choose(self, limit: int, strong: bool = False) -> int:
+        """The draft length for the next step (0 = a plain step), at most `limit`; `strong`: the drafter
+        has a strong proposal (judged by its own acceptance)."""
         if not self.adaptive:
             return max(0, min(self.k_start, limit))
         if limit <= 0 or self.t_plain is None or self.t_sync is None:  # measure plain decoding first
@@ -89,8 +96,9 @@ class DraftLength:
         if self.t_extra is None:  # never drafted yet: measure it
             return min(self.k_start, limit)
         best_k, best_rate = 0, 1.0 / self.t_plain
+        acceptance = (self.strong_accepts if strong else self.accepts).value
         for k in range(1, min(self.k_max, limit) + 1):
-            rate = expected_rate(self.acceptance, k, self.t_draft or 0.0, self.t_sync, self.t_extra)
+            rate = expected_rate(acceptance, k, self.t_draft or 0.0, self.t_sync, self.t_extra)
             if rate > best_rate * 1.02:  # demand a small margin: noise should not switch drafting on
                 best_k, best_rate = k, rate
         if best_k == 0:
@@ -121,13 +129,14 @@ class DraftLength:
         """Seconds of a pipelined plain burst: plain decoding's real cost, what drafting must beat."""
         self.t_plain = self._avg(self.t_plain, seconds / max(tokens, 1))
 
-    def record(self, drafted: int, accepted: int, t_draft: float, t_verify: float) -> None:
-        """Update the estimates after a synchronous step that drafted `drafted` tokens and accepted `accepted`."""
+    def record(self, drafted: int, accepted: int, t_draft: float, t_verify: float, strong: bool = False) -> None:
+        """Update the estimates after a synchronous step that drafted `drafted` tokens and accepted `accepted`
+        (`strong`: from a strong proposal)."""
         if drafted == 0:
             self.t_sync = self._avg(self.t_sync, t_verify)
             return
         self.history[accepted] = self.history.get(accepted, 0) + 1
-        self.accepts.record(drafted, accepted)
+        (self.strong_accepts if strong else self.accepts).record(drafted, accepted)
         self.t_draft = self._avg(self.t_draft, t_draft / drafted)
         base = self.t_sync if self.t_sync is not None else t_verify / (1 + 0.25 * drafted)
         self.t_extra = self._avg(self.t_extra, max(t_verify - base, 0.0) / drafted)

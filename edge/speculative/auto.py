@@ -38,6 +38,9 @@ class AutoDrafter:
         """The loop's controller, whose measured verify costs decide whether the second drafter pays."""
         self.controller = controller
 
+    def strong(self, tokens: list[int]) -> bool:
+        return self.lookup.strong(tokens)
+
     def prepare(self, tokens: list[int]) -> None:
         if self.second is not None:
             self.second.prepare(tokens)

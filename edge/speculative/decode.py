@@ -59,6 +59,7 @@ def speculative_token_stream(
         drafter.attach(controller)  # auto's second drafter is judged with the loop's measured verify costs
     distribution = make_distribution(sampling)
     sampler = make_sampler(sampling)
+    strong_match = getattr(drafter, "strong", lambda tokens: False)
     rng = np.random.default_rng(sampling.seed)
     tokens = list(history)  # settled tokens; the last one is not yet in the target cache
     prefill(module, mx.array(prompt), cache)
@@ -66,20 +67,24 @@ def speculative_token_stream(
     produced = 0
     try:
         while produced < max_tokens:
-            k = controller.choose(max_tokens - produced - 1)  # drafts beyond max_tokens would be wasted
+            strong = strong_match(tokens)
+            k = controller.choose(max_tokens - produced - 1, strong)  # drafts beyond max_tokens would be wasted
             burst = controller.plain_burst(max_tokens - produced) if k == 0 else 0
             if burst:  # speculation is off: decode plainly with the next step queued, as generate does
                 start = time.perf_counter()
                 times = []
-                for token in token_stream(module, tokens[-1:], cache, sampler, processors, burst, tokens):
+                # ... until prompt lookup finds a strong match (the burst then stops queueing: nothing wasted),
+                # unless it had one already (which was just judged not to pay)
+                stop = (lambda seen=tokens: strong_match(seen)) if hasattr(drafter, "strong") and not strong else None
+                for token in token_stream(module, tokens[-1:], cache, sampler, processors, burst, tokens, stop):
                     times.append(time.perf_counter())
                     tokens.append(token)
                     produced += 1
                     yield token
-                if burst > 1:  # the spacing of tokens once the pipeline is full: what plain decoding costs
-                    controller.record_plain(burst - 1, times[-1] - times[0])
-                for _ in range(burst):
-                    stats.record(0, 0, 0.0, (times[-1] - start) / burst)
+                if len(times) > 1:  # the spacing of tokens once the pipeline is full: what plain decoding costs
+                    controller.record_plain(len(times) - 1, times[-1] - times[0])
+                for _ in times:
+                    stats.record(0, 0, 0.0, (times[-1] - start) / len(times))
                 continue
             start = time.perf_counter()
             drafts, q = drafter.propose(tokens, k, distribution) if k > 0 else ([], None)
@@ -96,7 +101,9 @@ def speculative_token_stream(
             if len(drafts) > n:
                 trim_prompt_cache(cache, len(drafts) - n)  # roll back the rejected positions
             end = time.perf_counter()
-            controller.record(len(drafts), n, mid - start - getattr(drafter, "self_accounted_s", 0.0), end - mid)
+            controller.record(
+                len(drafts), n, mid - start - getattr(drafter, "self_accounted_s", 0.0), end - mid, strong
+            )
             stats.record(len(drafts), n, mid - start, end - mid)
             new = drafts[:n] + [nxt]
             tokens += new
