@@ -3,8 +3,10 @@
 With per-token acceptance a, a step that drafts k tokens yields E(k) = (1 - a^(k+1)) / (1 - a) tokens and
 costs k * t_draft + t_sync + k * t_extra (one synchronous target pass over k + 1 positions). Plain decoding
 yields 1 token per t_plain, and runs pipelined (`generate.token_stream` queues step n + 1 before handing out
-token n), so t_plain < t_sync: that is the rate drafting must beat. A request starts with a few pipelined
-plain tokens (measuring t_plain), then one synchronous step (t_sync), then drafts. When no k > 0 beats
+token n), so t_plain < t_sync: that is the rate drafting must beat. The first request on a model starts with
+a few pipelined plain tokens (measuring t_plain), then one synchronous step (t_sync), then drafts; later
+requests start from the costs the last one measured (`controller_for`). Drafters with strong proposals
+(prompt lookup's long matches) have those judged with their own acceptance. When no k > 0 beats
 plain, speculation is off for the request: the loop decodes plainly, pipelined, for `probe_every` tokens
 (twice as many after each probe that finds drafting still not paying, up to `max_burst`), then tries k = 1
 again to re-measure, unless even perfect acceptance could not pay (t_draft + t_extra >= t_plain).

@@ -37,6 +37,21 @@ def _process(logits: mx.array, processors: list[LogitsProcessor], history: list[
     return mx.concatenate(rows, axis=0)
 
 
+def _plain_burst(module, tokens, cache, sampler, processors, n, stop, controller, stats) -> Iterator[int]:
+    """Up to n plain tokens, pipelined (`generate.token_stream`), appended to `tokens` as they come; their
+    spacing once the pipeline is full is what plain decoding costs, what drafting must beat."""
+    start = time.perf_counter()
+    times = []
+    for token in token_stream(module, tokens[-1:], cache, sampler, processors, n, tokens, stop):
+        times.append(time.perf_counter())
+        tokens.append(token)
+        yield token
+    if len(times) > 1:
+        controller.record_plain(len(times) - 1, times[-1] - times[0])
+    for _ in times:
+        stats.record(0, 0, 0.0, (times[-1] - start) / len(times))
+
+
 def speculative_token_stream(
     module,
     prompt: list[int],
@@ -71,20 +86,12 @@ def speculative_token_stream(
             k = controller.choose(max_tokens - produced - 1, strong)  # drafts beyond max_tokens would be wasted
             burst = controller.plain_burst(max_tokens - produced) if k == 0 else 0
             if burst:  # speculation is off: decode plainly with the next step queued, as generate does
-                start = time.perf_counter()
-                times = []
                 # ... until prompt lookup finds a strong match (the burst then stops queueing: nothing wasted),
                 # unless it had one already (which was just judged not to pay)
                 stop = (lambda seen=tokens: strong_match(seen)) if hasattr(drafter, "strong") and not strong else None
-                for token in token_stream(module, tokens[-1:], cache, sampler, processors, burst, tokens, stop):
-                    times.append(time.perf_counter())
-                    tokens.append(token)
+                for token in _plain_burst(module, tokens, cache, sampler, processors, burst, stop, controller, stats):
                     produced += 1
                     yield token
-                if len(times) > 1:  # the spacing of tokens once the pipeline is full: what plain decoding costs
-                    controller.record_plain(len(times) - 1, times[-1] - times[0])
-                for _ in times:
-                    stats.record(0, 0, 0.0, (times[-1] - start) / len(times))
                 continue
             start = time.perf_counter()
             drafts, q = drafter.propose(tokens, k, distribution) if k > 0 else ([], None)

@@ -45,8 +45,8 @@ class PromptLookup:
     strong_ngram: int = 4
     name: str = "lookup"
     first_k: int = 4
-    """Proposals are free, so the first step can draft several (verifying 2 positions costs ~25% more than
-    1 on a CPU, each further one ~5%: a 1-token probe would make the cost model too pessimistic)."""
+    """Proposals are free, so the first step can draft several (on a CPU with edge's kernels verifying 2
+    positions costs ~10% more than 1, each further one ~15-20%: a 1-token probe would misjudge the cost)."""
 
     def _match(self, tokens: list[int]) -> tuple[int, int]:
         """(n, start): the longest n-gram suffix of `tokens` that occurred before with something after it, at
