@@ -1,7 +1,8 @@
 """edge's own kernels, each beside the MLX ops it replaces (which stay its tested reference).
 
-`cpu`: quantized matrix products for MLX's affine 4/8-bit layout on CPUs (AVX2 / NEON / portable),
-compiled on first use into the cache; `quantized`: the drop-in layers that call them; `fused`: whole
+`cpu`: builds and loads the extension (quantized products for MLX's affine 4/8-bit weights on CPUs:
+AVX-512 / AVX2 / portable), compiled on first use into the cache; `layout`: the packed form of the weights
+the products read; `quantized`: the drop-in layers that repack and call them; `fused`: whole
 decoder layers as one kernel each (the per-node cost of MLX's graph on a CPU is the other bottleneck).
 """
 
