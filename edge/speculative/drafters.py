@@ -8,7 +8,7 @@ it the history the target settled on, so a drafter with a KV cache can roll back
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import mlx.core as mx
@@ -48,9 +48,19 @@ class PromptLookup:
     """Proposals are free, so the first step can draft several (on a CPU with edge's kernels verifying 2
     positions costs ~10% more than 1, each further one ~15-20%: a 1-token probe would misjudge the cost)."""
 
+    _last: tuple = field(default=(None, -1, (0, 0)), repr=False, compare=False)
+    """The last search: the loop asks whether a match is strong, then for its drafts, on the same history."""
+
     def _match(self, tokens: list[int]) -> tuple[int, int]:
         """(n, start): the longest n-gram suffix of `tokens` that occurred before with something after it, at
         its most recent such occurrence; (0, 0) if none."""
+        if self._last[0] is tokens and self._last[1] == len(tokens):  # the loop's history only grows
+            return self._last[2]
+        found = self._search(tokens)
+        self._last = (tokens, len(tokens), found)
+        return found
+
+    def _search(self, tokens: list[int]) -> tuple[int, int]:
         if len(tokens) < self.min_ngram + 1:
             return 0, 0
         hist = np.asarray(tokens, dtype=np.int64)

@@ -3,7 +3,6 @@
 #include "decoder.h"
 
 #include <algorithm>
-#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <cmath>

@@ -27,8 +27,6 @@ namespace edge {
 
 namespace {
 
-constexpr int PANEL = 16; // output columns per panel
-
 inline int block_bytes(int bits) { // one panel, one block of 32 along K
   return PANEL * 32 * bits / 8;
 }

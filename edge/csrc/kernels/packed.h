@@ -20,6 +20,8 @@
 
 namespace edge {
 
+constexpr int PANEL = 16; // output columns per panel
+
 struct PackedWeight {
   const uint8_t* w; // (panels, K / 32, 16 * 32 * bits / 8)
   const float* s; // (panels, K / gs, 16)

@@ -14,8 +14,6 @@ namespace edge {
 
 namespace {
 
-constexpr int PANEL = 16;
-
 // Fill `out` (row-contiguous) from a strided fp32 array (MLX does not export its own copy kernels). Rare:
 // activations are fresh and contiguous.
 void strided_fill(const array& a, array& out) {
