@@ -30,7 +30,7 @@ def _case(n, k, m, bits, gs, seed):
 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("gs", [32, 64, 128])
-@pytest.mark.parametrize(("n", "m"), [(1, 1), (7, 3), (13, 4), (200, 5), (67, 17), (48, 8)])
+@pytest.mark.parametrize(("n", "m"), [(1, 1), (7, 3), (13, 4), (200, 5), (40, 6), (29, 7), (67, 17), (48, 8)])
 def test_product_equals_dequantize_then_matmul(bits, gs, n, m):
     """Odd output widths (a partial last panel), a single row, many rows: against dequantize (fp64) @ x, an
     independent reference, and MLX's own quantized_matmul; each row alone gives the same bits as in the batch."""
