@@ -74,10 +74,12 @@ void quantize_x(const float* x, int M, int K, int gs, QuantX& out) {
 }
 
 // Vector types: 16 int32 lanes (one panel) with AVX-512, 8 (half a panel) with AVX2. TILE = rows x units
-// held in registers at once (accumulators: 2 * TILE vectors of 32 / 16 registers).
+// held in registers at once (accumulators: 2 * TILE vectors of 32 / 16 registers); ROWS = the most rows in
+// one group, one unit at a time (AVX-512: 12 rows keep 24 accumulators in registers; measured on SmolLM2's
+// shapes, 16 rows spill and run slower than two groups of 8).
 #if EDGE_AVX512
 struct Vec {
-  static constexpr int LANES = 16, TILE = 8;
+  static constexpr int LANES = 16, TILE = 8, ROWS = 12;
   using I = __m512i;
   using F = __m512;
   static I load(const uint8_t* p) {
@@ -130,7 +132,7 @@ struct Vec {
 };
 #else
 struct Vec {
-  static constexpr int LANES = 8, TILE = 4;
+  static constexpr int LANES = 8, TILE = 4, ROWS = 4;
   using I = __m256i;
   using F = __m256;
   static I load(const uint8_t* p) {
@@ -282,44 +284,37 @@ void tile(const PackedWeight& w, const QuantX& qx, float* y, int m0, int u0) {
   }
 }
 
-// Units [u0, u1) of one product for R-row groups from m0 (C = TILE / R units at a time).
+// Units [u0, u1) of one product for R-row groups from m0 (C = TILE / R units at a time, at least one).
 template <int BITS, int R>
 void row_group(const PackedWeight& w, const QuantX& qx, float* y, int m0, int u0, int u1) {
-  constexpr int C = Vec::TILE / R;
+  constexpr int C = R >= Vec::TILE ? 1 : Vec::TILE / R;
   int u = u0;
   for (; u + C <= u1; u += C) tile<BITS, R, C>(w, qx, y, m0, u);
   for (; u < u1; ++u) tile<BITS, R, 1>(w, qx, y, m0, u);
 }
 
-// The last `rows` (< TILE) rows as one group: a verify pass of any length unpacks each weight vector once.
-template <int BITS>
-void rest(int rows, const PackedWeight& w, const QuantX& qx, float* y, int m, int u, int end) {
-  switch (rows) {
-    case 1: return row_group<BITS, 1>(w, qx, y, m, u, end);
-    case 2: return row_group<BITS, 2>(w, qx, y, m, u, end);
-    case 3: return row_group<BITS, 3>(w, qx, y, m, u, end);
-    default: break;
-  }
-  if constexpr (Vec::TILE == 8) {
-    switch (rows) {
-      case 4: return row_group<BITS, 4>(w, qx, y, m, u, end);
-      case 5: return row_group<BITS, 5>(w, qx, y, m, u, end);
-      case 6: return row_group<BITS, 6>(w, qx, y, m, u, end);
-      case 7: return row_group<BITS, 7>(w, qx, y, m, u, end);
-      default: break;
-    }
+// `rows` (1..ROWS) rows from m as one group: each weight vector is unpacked once for all of them.
+template <int BITS, int R = 1>
+void group(int rows, const PackedWeight& w, const QuantX& qx, float* y, int m, int u, int end) {
+  if constexpr (R <= Vec::ROWS) {
+    if (rows == R) return row_group<BITS, R>(w, qx, y, m, u, end);
+    group<BITS, R + 1>(rows, w, qx, y, m, u, end);
   }
 }
 
 // The weights stream from memory once: for each TILE units, every group of rows runs over them (the later
-// groups read them from cache).
+// groups read them from cache). The rows are split into groups of (nearly) equal size, at most ROWS each: a
+// verify pass over 13 positions is 7 + 6 rows, not 12 + 1 (a lone row costs nearly as much as a group).
 template <int BITS>
 void units(const PackedWeight& w, const QuantX& qx, float* y, int M, int u0, int u1) {
+  const int groups = (M + Vec::ROWS - 1) / Vec::ROWS;
   for (int u = u0; u < u1; u += Vec::TILE) {
     const int end = std::min(u1, u + Vec::TILE);
-    int m = 0;
-    for (; m + Vec::TILE <= M; m += Vec::TILE) row_group<BITS, Vec::TILE>(w, qx, y, m, u, end);
-    if (m < M) rest<BITS>(M - m, w, qx, y, m, u, end);
+    for (int g = 0, m = 0; g < groups; ++g) {
+      const int rows = M / groups + (g < M % groups);
+      group<BITS>(rows, w, qx, y, m, u, end);
+      m += rows;
+    }
   }
 }
 
