@@ -14,6 +14,7 @@ from edge.events import Done, DraftStats
 from edge.generate import stream_events
 from edge.sampling import Sampling, make_processors
 from edge.speculative import DraftLength, ModelDrafter, PromptLookup, make_drafter
+from edge.speculative.adaptive import Acceptance
 from edge.speculative.decode import speculative_token_stream
 from edge.speculative.verify import accept_sampled
 
@@ -286,6 +287,21 @@ def test_adaptive_length_turns_off_a_drafter_that_cannot_pay():
         good.record(4, 4, t_draft=0.0001, t_verify=0.011)
     assert good.choose(64) >= 4
     assert good.choose(2) <= 2
+
+
+def test_acceptance_is_estimated_in_two_stages():
+    """Proposals that are wrong at once or right for a while (single-token lookup matches): the first token's
+    rate and the rate after it are estimated apart, so a right first token is expected to run on."""
+    a = Acceptance()
+    for _ in range(12):
+        a.record(4, 0)
+        a.record(4, 0)
+        a.record(4, 4)
+    assert 0.25 < a.value < 0.45 and a.continued > 0.9  # decayed counts: recent proposals weigh more
+    assert a.expected_tokens(0) == 1.0
+    assert a.expected_tokens(4) == pytest.approx(1 + a.value * (1 - a.continued**4) / (1 - a.continued))
+    c = DraftLength(t_plain=0.010, t_sync=0.010, t_extra=0.001, accepts=a)
+    assert c.choose(8) == 8  # worth drafting long, although two proposals in three fail at once
 
 
 def test_weak_and_strong_proposals_are_judged_apart():

@@ -133,20 +133,38 @@ void mix(const float* w, int stride, int n, const float* v, int hd, float* out) 
   for (int e0 = 0; e0 < hd; e0 += SPAN) mix_tile<RT>(w, stride, n, v, hd, e0, out);
 }
 
+constexpr int ROW_TILE = 8; // query rows per register tile: each key and value vector is read once for them
+
+// score_tile / mix for a tile of `rt` (1..ROW_TILE) rows: the rows left after whole tiles run as one tile
+// too (a verify pass over 9 positions has 27 query rows per KV head; row by row, the rest cost as much as
+// the tiles did)
+template <int RT = 1>
+void score_rows(int rt, const float* q, int hd, const float* kt, int capacity, int j0, float* scores, int stride) {
+  if constexpr (RT <= ROW_TILE) {
+    if (rt == RT) return score_tile<RT>(q, hd, kt, capacity, j0, scores, stride);
+    score_rows<RT + 1>(rt, q, hd, kt, capacity, j0, scores, stride);
+  }
+}
+template <int RT = 1>
+void mix_rows(int rt, const float* w, int stride, int n, const float* v, int hd, float* out) {
+  if constexpr (RT <= ROW_TILE) {
+    if (rt == RT) return mix<RT>(w, stride, n, v, hd, out);
+    mix_rows<RT + 1>(rt, w, stride, n, v, hd, out);
+  }
+}
+
 // Attention of `rows` query vectors that share one KV head (q: rows x hd, times the softmax scale; row r sees
 // positions 0..len[r]-1).
 // Keys are stored transposed, (hd, capacity), so the scores of consecutive positions are one vector
-// operation; values are (capacity, hd). Rows go four at a time through register tiles, so each key and value
-// is read once per four rows (the positions of a verify pass and the query heads of a group). Each row's
+// operation; values are (capacity, hd). Rows go up to ROW_TILE at a time through register tiles, so each key and value
+// is read once per tile of rows (the positions of a verify pass and the query heads of a group). Each row's
 // arithmetic is the same whatever the other rows are. scores: room for rows x (max(len) rounded up to SPAN).
 void attend(const float* q, int rows, const int* len, const float* kt, const float* v, int hd, int capacity,
             float* scores, float* out) {
   const int n = *std::max_element(len, len + rows), stride = (n + SPAN - 1) / SPAN * SPAN;
-  for (int j0 = 0; j0 < n; j0 += SPAN) {
-    int r = 0;
-    for (; r + 4 <= rows; r += 4) score_tile<4>(q + r * hd, hd, kt, capacity, j0, scores + r * stride, stride);
-    for (; r < rows; ++r) score_tile<1>(q + r * hd, hd, kt, capacity, j0, scores + r * stride, stride);
-  }
+  for (int j0 = 0; j0 < n; j0 += SPAN)
+    for (int r = 0; r < rows; r += ROW_TILE)
+      score_rows(std::min(ROW_TILE, rows - r), q + r * hd, hd, kt, capacity, j0, scores + r * stride, stride);
   for (int r = 0; r < rows; ++r) {
     float* sr = scores + static_cast<size_t>(r) * stride;
     float top = -INFINITY;
@@ -165,9 +183,8 @@ void attend(const float* q, int rows, const int* len, const float* kt, const flo
     for (j = 0; j < len[r]; ++j) sr[j] *= inv;
     std::fill(sr + len[r], sr + n, 0.f);
   }
-  int r = 0;
-  for (; r + 4 <= rows; r += 4) mix<4>(scores + r * stride, stride, n, v, hd, out + r * hd);
-  for (; r < rows; ++r) mix<1>(scores + r * stride, stride, n, v, hd, out + r * hd);
+  for (int r = 0; r < rows; r += ROW_TILE)
+    mix_rows(std::min(ROW_TILE, rows - r), scores + r * stride, stride, n, v, hd, out + r * hd);
 }
 
 void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int offset) {
