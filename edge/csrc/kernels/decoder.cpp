@@ -173,15 +173,21 @@ void attend(const float* q, int rows, const int* len, const float* kt, const flo
       score_rows(std::min(ROW_TILE, rows - r), q + r * hd, hd, kt, capacity, j0, scores + r * stride, stride);
   for (int r = 0; r < rows; ++r) {
     float* sr = scores + static_cast<size_t>(r) * stride;
+    f16v tops = f16v{} - INFINITY; // the maximum 16 lanes at a time (one scalar chain was a third of the time)
+    int j = 0;
+    for (; j + 16 <= len[r]; j += 16) {
+      const f16v x = load16(sr + j);
+      tops = x > tops ? x : tops;
+    }
     float top = -INFINITY;
-    for (int j = 0; j < len[r]; ++j) top = std::max(top, sr[j]);
-    for (int j = 0; j < len[r]; ++j) sr[j] -= top;
+    for (; j < len[r]; ++j) top = std::max(top, sr[j]);
+    for (int l = 0; l < 16; ++l) top = std::max(top, tops[l]);
+    for (j = 0; j < len[r]; ++j) sr[j] -= top;
     exp_inplace(sr, len[r]);
     // 16 running sums in a fixed order (not a compiler reduction, whose grouping could follow the buffer's
     // alignment): the same row always sums the same way
     float part[16] = {}, sum = 0.f;
-    int j = 0;
-    for (; j + 16 <= len[r]; j += 16)
+    for (j = 0; j + 16 <= len[r]; j += 16)
       for (int l = 0; l < 16; ++l) part[l] += sr[j + l];
     for (; j < len[r]; ++j) sum += sr[j];
     for (int l = 0; l < 16; ++l) sum += part[l];
@@ -218,8 +224,11 @@ void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int o
     }
   }
   // Attention per KV head over the query rows that use it (M positions x the heads of its group), laid out
-  // kv-head-major; split in halves (by query rows) when there are fewer KV heads than twice the cores.
-  const int group = H / KVH, rows = M * group, splits = std::max(1, std::min(rows, (2 * pool_size() + KVH - 1) / KVH));
+  // kv-head-major; split in halves (by query rows) when there are fewer KV heads than twice the cores and
+  // each half keeps 4 rows or more (every part reads all of its head's keys and values: one position's 3
+  // rows split in two took longer than on one core).
+  const int group = H / KVH, rows = M * group;
+  const int splits = std::max(1, std::min(rows / 4, (2 * pool_size() + KVH - 1) / KVH));
   std::vector<float> qg(static_cast<size_t>(KVH) * rows * hd), ag(qg.size());
   for (int i = 0; i < M; ++i)
     for (int hh = 0; hh < H; ++hh) {
