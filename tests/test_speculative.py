@@ -304,6 +304,28 @@ def test_acceptance_is_estimated_in_two_stages():
     assert c.choose(8) == 8  # worth drafting long, although two proposals in three fail at once
 
 
+def test_a_drafter_starts_from_what_its_last_request_measured():
+    """Step costs carry over on the model, a drafter's own cost and acceptance on the drafter (a Chat reuses
+    it across turns), as copies: the next request's steps do not rewrite the last one's record."""
+    from types import SimpleNamespace
+
+    from edge.speculative.adaptive import controller_for, remember
+
+    module, drafter = SimpleNamespace(), PromptLookup()
+    first = controller_for(module, drafter)
+    assert first.accepts.value == pytest.approx(0.6) and first.t_plain is None  # the priors, nothing measured
+    first.t_plain, first.t_sync = 0.010, 0.0105
+    for _ in range(6):
+        first.record(4, 0, t_draft=0.002, t_verify=0.02)
+    remember(module, drafter, first)
+    second = controller_for(module, drafter)
+    assert second.accepts.value == first.accepts.value < 0.2
+    assert (second.t_plain, second.t_sync, second.t_draft) == (first.t_plain, first.t_sync, first.t_draft)
+    second.record(4, 4, t_draft=0.0, t_verify=0.02)
+    assert second.accepts.value > first.accepts.value  # a copy
+    assert controller_for(module, PromptLookup()).accepts.value == pytest.approx(0.6)  # another drafter: priors
+
+
 def test_weak_and_strong_proposals_are_judged_apart():
     """Rejected single-token lookups switch weak proposals off; long matches (92% first-token acceptance on
     SmolLM2's prompts) keep drafting, with their own estimate."""

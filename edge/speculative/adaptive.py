@@ -6,7 +6,8 @@ k * t_draft + t_sync + k * t_extra (one synchronous target pass over k + 1 posit
 yields 1 token per t_plain, and runs pipelined (`generate.token_stream` queues step n + 1 before handing out
 token n), so t_plain < t_sync: that is the rate drafting must beat. The first request on a model starts with
 a few pipelined plain tokens (measuring t_plain), then one synchronous step (t_sync), then drafts; later
-requests start from the costs the last one measured (`controller_for`). Drafters with strong proposals
+requests start from the costs the last one measured, and a drafter from its own last cost and acceptance
+(`controller_for`). Drafters with strong proposals
 (prompt lookup's long matches) have those judged with their own acceptance. When no k > 0 beats
 plain, speculation is off for the request: the loop decodes plainly, pipelined, for `probe_every` tokens
 (twice as many after each probe that finds drafting still not paying, up to `max_burst`), then tries k = 1
@@ -15,6 +16,7 @@ again to re-measure, unless even perfect acceptance could not pay (t_draft + t_e
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 
@@ -177,15 +179,32 @@ class StepCosts:
     t_extra: float | None
 
 
+@dataclass
+class DrafterRecord:
+    """What a drafter's last request measured of it: its cost per drafted token and how its drafts fared
+    (decayed counts, so a few steps of a new request outweigh them). Kept on the drafter object, which a
+    `Chat` reuses across turns: a draft model that does not pay is not re-learned from the prior each turn."""
+
+    t_draft: float | None
+    accepts: Acceptance
+    strong_accepts: Acceptance
+
+
 def controller_for(module, drafter) -> DraftLength:
-    """A fresh controller for one request: acceptance starts from the prior, costs from the last request."""
+    """A fresh controller for one request: step costs from the last request on this model, the drafter's
+    cost and acceptance from its own last request (else the priors)."""
     c = DraftLength(k_start=getattr(drafter, "first_k", 1))
     costs = getattr(module, "_edge_step_costs", None)
     if costs is not None:
         c.t_plain, c.t_sync, c.t_extra = costs.t_plain, costs.t_sync, costs.t_extra
+    record = getattr(drafter, "_edge_record", None)
+    if record is not None:
+        c.t_draft = record.t_draft
+        c.accepts, c.strong_accepts = copy.deepcopy(record.accepts), copy.deepcopy(record.strong_accepts)
     return c
 
 
-def remember(module, c: DraftLength) -> None:
+def remember(module, drafter, c: DraftLength) -> None:
     if c.adaptive and c.t_plain is not None and c.t_sync is not None:
         module._edge_step_costs = StepCosts(c.t_plain, c.t_sync, c.t_extra)  # an object: not an MLX parameter
+        drafter._edge_record = DrafterRecord(c.t_draft, copy.deepcopy(c.accepts), copy.deepcopy(c.strong_accepts))

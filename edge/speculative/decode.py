@@ -117,4 +117,4 @@ def speculative_token_stream(
             yield from new[: max_tokens - produced]
             produced += len(new)
     finally:
-        remember(module, controller)  # the measured costs seed the next request's controller
+        remember(module, drafter, controller)  # what this request measured seeds the next one's controller
