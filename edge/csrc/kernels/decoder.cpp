@@ -168,9 +168,14 @@ void mix_rows(int rt, const float* w, int stride, int n, const float* v, int hd,
 void attend(const float* q, int rows, const int* len, const float* kt, const float* v, int hd, int capacity,
             float* scores, float* out) {
   const int n = *std::max_element(len, len + rows), stride = (n + SPAN - 1) / SPAN * SPAN;
-  for (int j0 = 0; j0 < n; j0 += SPAN)
+  for (int j0 = 0; j0 < n; j0 += SPAN) {
+    // a tile's keys are hd lines a cache row apart, which no hardware prefetcher follows: ask for the keys
+    // two tiles ahead (8 positions at 400 tokens of context: 70 -> 61 us a layer)
+    if (j0 + 2 * SPAN < n)
+      for (int e = 0; e < hd; ++e) __builtin_prefetch(kt + static_cast<size_t>(e) * capacity + j0 + 2 * SPAN);
     for (int r = 0; r < rows; r += ROW_TILE)
       score_rows(std::min(ROW_TILE, rows - r), q + r * hd, hd, kt, capacity, j0, scores + r * stride, stride);
+  }
   for (int r = 0; r < rows; ++r) {
     float* sr = scores + static_cast<size_t>(r) * stride;
     f16v tops = f16v{} - INFINITY; // the maximum 16 lanes at a time (one scalar chain was a third of the time)
