@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
@@ -89,6 +89,9 @@ class Model:
     plan: MemoryPlan
     kernel_layers: int = 0
     """Quantized layers whose products run on edge's CPU kernels."""
+    _drafters: dict = field(default_factory=dict, repr=False, compare=False)
+    """Drafters built for `draft=` specs, by spec: a draft model is loaded and a self-draft quantized once, and
+    each keeps what its last request measured of it."""
 
     @property
     def context_length(self) -> int:
@@ -137,11 +140,23 @@ class Model:
             raise EdgeError(
                 f"the prompt has {len(ids)} tokens but the context holds {self.context_length}; shorten it or load with a larger context."
             )
+        with wired_limit(self.plan):
+            yield from stream_events(
+                self, ids, self.make_cache(), sampling, cancel=cancel, drafter=self._drafter_for(draft)
+            )
+
+    def _drafter_for(self, draft):
+        """The drafter for a `draft=` value: built once per spec string or folder and kept on the model (a
+        draft model is loaded, a self-draft quantized, only the first time); drafters and models given as
+        objects are used as they are."""
         from .speculative import make_drafter
 
-        drafter = make_drafter(draft, self)
-        with wired_limit(self.plan):
-            yield from stream_events(self, ids, self.make_cache(), sampling, cancel=cancel, drafter=drafter)
+        if not isinstance(draft, (str, Path)):
+            return make_drafter(draft, self)
+        key = str(draft)
+        if key not in self._drafters:
+            self._drafters[key] = make_drafter(draft, self)
+        return self._drafters[key]
 
     def generate(self, prompt: Prompt, sampling: Sampling | None = None, **kwargs) -> str:
         """The whole reply as one string (see `stream` for the arguments)."""

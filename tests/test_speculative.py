@@ -289,6 +289,16 @@ def test_adaptive_length_turns_off_a_drafter_that_cannot_pay():
     assert good.choose(2) <= 2
 
 
+def test_a_draft_spec_is_built_once_per_model(target):
+    """`model.stream(..., draft="self:4")` quantizes the self-draft on the first call only (a draft folder is
+    loaded once): the drafter is kept on the model per spec, with what it measured."""
+    first = target._drafter_for("self:4")
+    assert target._drafter_for("self:4") is first and target._drafter_for("lookup") is not first
+    assert target._drafter_for(None) is None
+    done = [e for e in target.stream("Once upon a time", max_tokens=6, draft="self:4") if isinstance(e, Done)][-1]
+    assert done.stats.draft is not None and target._drafter_for("self:4") is first
+
+
 def test_acceptance_is_estimated_in_two_stages():
     """Proposals that are wrong at once or right for a while (single-token lookup matches): the first token's
     rate and the rate after it are estimated apart, so a right first token is expected to run on."""

@@ -42,6 +42,7 @@ class AutoDrafter:
         return self.lookup.strong(tokens)
 
     def prepare(self, tokens: list[int]) -> None:
+        self._pending = None  # the last request's drafts are not this one's to account
         if self.second is not None:
             self.second.prepare(tokens)
 
