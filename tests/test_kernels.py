@@ -31,12 +31,17 @@ def _case(n, k, m, bits, gs, seed):
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("gs", [32, 64, 128])
 @pytest.mark.parametrize(("n", "m"), [(1, 1), (7, 3), (13, 4), (200, 5), (40, 6), (29, 7), (67, 17), (48, 8)])
-def test_product_equals_dequantize_then_matmul(bits, gs, n, m):
-    """Odd output widths (a partial last panel), a single row, many rows: against dequantize (fp64) @ x, an
-    independent reference, and MLX's own quantized_matmul; each row alone gives the same bits as in the batch."""
+@pytest.mark.parametrize("fp16", [False, True])
+def test_product_equals_dequantize_then_matmul(bits, gs, n, m, fp16):
+    """Odd output widths (a partial last panel), a single row, many rows, scales kept as fp32 or (when they
+    are fp16 values, as GGUF's are) as fp16: against dequantize (fp64) @ x, an independent reference, and
+    MLX's own quantized_matmul; each row alone gives the same bits as in the batch."""
     k = 384
     x, wq, s, b = _case(n, k, m, bits, gs, seed=n * 31 + m + bits + gs)
+    if fp16:
+        s, b = (v.astype(mx.float16).astype(mx.float32) for v in (s, b))
     packed = pack(wq, s, b, bits, gs)
+    assert packed[1].dtype == packed[2].dtype == (mx.float16 if fp16 else mx.float32)
     got = np.array(load_extension().packed_matmul(x, *packed, n, gs, bits))
     w = np.array(mx.dequantize(wq, s, b, group_size=gs, bits=bits)).astype(np.float64)
     want = np.array(x).astype(np.float64) @ w.T
@@ -52,11 +57,15 @@ def test_product_equals_dequantize_then_matmul(bits, gs, n, m):
 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("gs", [32, 128])
-def test_packed_layout_reads_back_exactly(bits, gs):
+@pytest.mark.parametrize("fp16", [False, True])
+def test_packed_layout_reads_back_exactly(bits, gs, fp16):
     """pack then dequantize gives MLX's own dequantized weights bit for bit, whole or by rows (an embedding
-    lookup of a tied head), for a width that leaves a partial last panel."""
+    lookup of a tied head), for a width that leaves a partial last panel, with scales kept as fp32 or fp16."""
     _, wq, s, b = _case(37, 256, 1, bits, gs, seed=bits + gs)
+    if fp16:
+        s, b = (v.astype(mx.float16).astype(mx.float32) for v in (s, b))
     packed = pack(wq, s, b, bits, gs)
+    assert packed[1].dtype == (mx.float16 if fp16 else mx.float32)
     assert packed[0].dtype == mx.uint8 and packed[0].shape == (3, 2 * 256 * bits)
     assert packed[1].shape == (3, 256 // gs, 16)
     want = mx.dequantize(wq, s, b, group_size=gs, bits=bits)
@@ -252,8 +261,11 @@ for bits in (4, 8):
         for n, m in ((1, 1), (13, 3), (70, 6), (40, 9)):
             w = mx.random.normal((n, 256), key=mx.random.key(n + m + bits)) * 0.05
             wq, s, b = mx.quantize(w, group_size=gs, bits=bits)
+            if (n + m) % 2:  # scales that are fp16 values: packed as fp16
+                s, b = (v.astype(mx.float16).astype(mx.float32) for v in (s, b))
             x = mx.random.normal((m, 256), key=mx.random.key(gs))
             packed = pack(wq, s, b, bits, gs)
+            assert packed[1].dtype == (mx.float16 if (n + m) % 2 else mx.float32)
             got = ext.packed_matmul(x, *packed, n, gs, bits)
             want = mx.quantized_matmul(x, wq, s, b, transpose=True, group_size=gs, bits=bits)
             worst = max(worst, (mx.abs(got - want).max() / mx.abs(want).max()).item())

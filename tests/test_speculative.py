@@ -367,6 +367,33 @@ def test_prompt_lookup_matches_and_strength():
     assert look.propose([5, 6, 5, 6, 5], 8)[0] == [6, 5]  # the most recent occurrence, cut at the end
 
 
+def _latest_longest_match(tokens: list[int], max_ngram: int = 5) -> tuple[int, int]:
+    """Reference for prompt lookup's search, by brute force: the longest suffix n-gram seen before (ending
+    before the last token), at its latest start."""
+    for n in range(min(max_ngram, len(tokens) - 1), 0, -1):
+        for start in range(len(tokens) - 1 - n, -1, -1):
+            if tokens[start : start + n] == tokens[-n:]:
+                return n, start
+    return 0, 0
+
+
+def test_prompt_lookup_index_agrees_with_a_scan_as_the_history_grows():
+    """The incremental n-gram index gives the brute-force answer at every length of a growing history, for
+    a new history, and for the same list cut back and grown again."""
+    import random
+
+    rng = random.Random(0)
+    look = PromptLookup()
+    for _ in range(20):
+        tokens = [rng.randrange(6) for _ in range(rng.randrange(1, 4))]
+        for _ in range(60):
+            assert look._match(tokens) == _latest_longest_match(tokens), tokens
+            tokens += [rng.randrange(6) for _ in range(rng.randrange(1, 4))]
+        del tokens[rng.randrange(1, len(tokens)) :]  # cut back in place (the index must not be trusted)
+        tokens.append(rng.randrange(6))
+        assert look._match(tokens) == _latest_longest_match(tokens)
+
+
 def test_a_plain_burst_stopped_early_wastes_nothing(target):
     """The speculative loop ends a pipelined burst by not queueing the next step: the last id handed out is
     not yet in the cache, and decoding on from it gives exactly the uninterrupted output."""

@@ -42,9 +42,17 @@ def _panels(a: np.ndarray) -> np.ndarray:
     return np.pad(a, ((0, pad), (0, 0))) if pad else a
 
 
+def _exact_in_half(v: np.ndarray) -> bool:
+    """Every value of `v` (fp32) is exactly an fp16."""
+    with np.errstate(over="ignore"):
+        return bool(np.array_equal(v.astype(np.float16).astype(np.float32), v))
+
+
 def pack(w, scales, biases, bits: int, group_size: int) -> tuple[mx.array, mx.array, mx.array]:
     """MLX affine arrays (w uint32 (N, K * bits / 32), scales and biases (N, K / group_size)) in edge's layout:
-    w (panels, 2 * K * bits) uint8, scales and biases (panels, K / group_size, 16) fp32."""
+    w (panels, 2 * K * bits) uint8, scales and biases (panels, K / group_size, 16), fp16 when every one of them
+    is exactly an fp16 (GGUF's are, and most MLX folders': at groups of 32, fp32 would be a third of the bytes
+    a token reads), else fp32."""
     q = _panels(integers(np.asarray(w), bits))
     n_pad, k = q.shape
     panels, per = n_pad // PANEL, _fields(bits)
@@ -55,11 +63,13 @@ def pack(w, scales, biases, bits: int, group_size: int) -> tuple[mx.array, mx.ar
         words |= a[..., f] << (bits * f)
     wp = words.astype("<u2").reshape(panels, -1).view(np.uint8)
 
-    def table(v) -> np.ndarray:  # (N, G) -> (panels, G, 16)
-        v = _panels(np.asarray(v.astype(mx.float32)))
-        return np.ascontiguousarray(v.reshape(panels, PANEL, -1).transpose(0, 2, 1))
+    s, b = (np.asarray(v.astype(mx.float32)) for v in (scales, biases))
+    dtype = np.float16 if _exact_in_half(s) and _exact_in_half(b) else np.float32
 
-    return mx.array(wp), mx.array(table(scales)), mx.array(table(biases))
+    def table(v: np.ndarray) -> np.ndarray:  # (N, G) -> (panels, G, 16)
+        return np.ascontiguousarray(_panels(v).astype(dtype).reshape(panels, PANEL, -1).transpose(0, 2, 1))
+
+    return mx.array(wp), mx.array(table(s)), mx.array(table(b))
 
 
 def dequantize(w: mx.array, scales: mx.array, biases: mx.array, n: int, bits: int, group_size: int, rows=None):
@@ -83,7 +93,7 @@ def dequantize(w: mx.array, scales: mx.array, biases: mx.array, n: int, bits: in
     shifts = mx.arange(per, dtype=mx.uint16) * bits
     q = (sel[..., None] >> shifts) & ((1 << bits) - 1)  # (r, j, c, e, f)
     q = q.transpose(0, 1, 2, 4, 3).reshape(-1, groups, group_size).astype(mx.float32)
-    out = q * s[..., None] + b[..., None]
+    out = q * s.astype(mx.float32)[..., None] + b.astype(mx.float32)[..., None]
     return out.reshape(*shape, k)
 
 

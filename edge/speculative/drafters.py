@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import mlx.core as mx
-import numpy as np
 
 from ..cache import common_prefix, trim_to
 from ..errors import EdgeError
@@ -35,9 +34,11 @@ class Drafter(Protocol):
 class PromptLookup:
     """Prompt-lookup decoding: continue the most recent earlier occurrence of the longest n-gram suffix.
 
-    No model and no state: a miss costs one vectorised search over the history. A match of `strong_ngram`
-    tokens or more is "strong": on SmolLM2's benchmark prompts its first drafted token was right 92% of the
-    time, against 12-33% for a single-token match, so the loop judges the two kinds apart.
+    No model: the n-grams of the history are indexed as it grows (a dictionary per n from each n-gram to its
+    latest start), so a step's search is a few lookups, not a scan (a NumPy scan of a few hundred tokens
+    cost 0.3 ms a step, 6% of a decode step). A match of `strong_ngram` tokens or more is "strong": on
+    SmolLM2's benchmark prompts its first drafted token was right 92% of the time, against 12-33% for a
+    single-token match, so the loop judges the two kinds apart.
     """
 
     max_ngram: int = 5
@@ -50,6 +51,10 @@ class PromptLookup:
 
     _last: tuple = field(default=(None, -1, (0, 0)), repr=False, compare=False)
     """The last search: the loop asks whether a match is strong, then for its drafts, on the same history."""
+    _index: dict = field(default_factory=dict, repr=False, compare=False)
+    """n -> {n-gram: start of its latest occurrence that has a token after it}, for the history below."""
+    _indexed: tuple = field(default=(None, 0, None), repr=False, compare=False)
+    """(the history list, how many of its first tokens the index covers as n-gram ends, the last of them)."""
 
     def _match(self, tokens: list[int]) -> tuple[int, int]:
         """(n, start): the longest n-gram suffix of `tokens` that occurred before with something after it, at
@@ -63,13 +68,25 @@ class PromptLookup:
     def _search(self, tokens: list[int]) -> tuple[int, int]:
         if len(tokens) < self.min_ngram + 1:
             return 0, 0
-        hist = np.asarray(tokens, dtype=np.int64)
+        self._extend(tokens)
         for n in range(min(self.max_ngram, len(tokens) - 1), self.min_ngram - 1, -1):
-            windows = np.lib.stride_tricks.sliding_window_view(hist[:-1], n)  # every earlier n-gram
-            hits = np.flatnonzero((windows == hist[-n:]).all(axis=1))
-            if hits.size:  # every hit ends before the last token, so something follows the most recent one
-                return n, int(hits[-1])
+            start = self._index[n].get(tuple(tokens[-n:]))
+            if start is not None:
+                return n, start
         return 0, 0
+
+    def _extend(self, tokens: list[int]) -> None:
+        """Index the n-grams that end before the last token (each has a token after it), from where the index
+        stopped; a history that is not the one indexed (a new request, or one cut back) is indexed afresh."""
+        seen, done, last = self._indexed
+        if seen is not tokens or done > len(tokens) or (done and tokens[done - 1] != last):
+            self._index = {n: {} for n in range(self.min_ngram, self.max_ngram + 1)}
+            done = 0
+        for end in range(done, len(tokens) - 1):
+            for n in range(self.min_ngram, min(self.max_ngram, end + 1) + 1):
+                self._index[n][tuple(tokens[end - n + 1 : end + 1])] = end - n + 1
+        done = max(done, len(tokens) - 1)
+        self._indexed = (tokens, done, tokens[done - 1] if done else None)
 
     def propose(self, tokens: list[int], k: int, distribution=None) -> tuple[list[int], None]:
         n, start = self._match(tokens) if k > 0 else (0, 0)

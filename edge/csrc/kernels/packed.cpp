@@ -133,6 +133,9 @@ struct Vec {
   static F floats(const float* p) {
     return _mm512_loadu_ps(p);
   }
+  static F floats(const uint16_t* p) { // 16 fp16 values
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
   static F fill(float v) {
     return _mm512_set1_ps(v);
   }
@@ -187,6 +190,9 @@ struct Vec {
   static F floats(const float* p) {
     return _mm256_loadu_ps(p);
   }
+  static F floats(const uint16_t* p) { // 8 fp16 values (F16C, which every AVX2 CPU has)
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
   static F fill(float v) {
     return _mm256_set1_ps(v);
   }
@@ -220,16 +226,16 @@ inline void accumulate(Vec::I (&acc)[R][C], const Vec::I (&v)[C], const int16_t*
 
 // R input rows from m0, C units from u0, over all of K. Each unpacked weight vector serves all R rows; each
 // (row, unit) pair sums its blocks in one fp32 chain in block order, the same for every R and C.
-template <int BITS, int R, int C>
+template <int BITS, int R, int C, typename S>
 void tile(const PackedWeight& w, const QuantX& qx, float* y, int m0, int u0) {
   const int blocks = w.K / 32, G = w.K / w.gs, per_group = w.gs / 32, bb = block_bytes(BITS);
   const uint8_t* wp[C];
-  const float *sp[C], *bp[C];
+  const S *sp[C], *bp[C]; // scales and biases: float, or uint16_t holding fp16
   for (int c = 0; c < C; ++c) {
     const int panel = (u0 + c) / UNITS_PER_PANEL, half = (u0 + c) % UNITS_PER_PANEL;
     wp[c] = w.w + static_cast<size_t>(panel) * blocks * bb + half * Vec::LANES * 4;
-    sp[c] = w.s + static_cast<size_t>(panel) * G * PANEL + half * Vec::LANES;
-    bp[c] = w.b + static_cast<size_t>(panel) * G * PANEL + half * Vec::LANES;
+    sp[c] = static_cast<const S*>(w.s) + static_cast<size_t>(panel) * G * PANEL + half * Vec::LANES;
+    bp[c] = static_cast<const S*>(w.b) + static_cast<size_t>(panel) * G * PANEL + half * Vec::LANES;
   }
   Vec::F f[R][C];
   for (int r = 0; r < R; ++r)
@@ -301,34 +307,34 @@ void tile(const PackedWeight& w, const QuantX& qx, float* y, int m0, int u0) {
 }
 
 // Units [u0, u1) of one product for R-row groups from m0 (C = TILE / R units at a time, at least one).
-template <int BITS, int R>
+template <int BITS, int R, typename S>
 void row_group(const PackedWeight& w, const QuantX& qx, float* y, int m0, int u0, int u1) {
   constexpr int C = R >= Vec::TILE ? 1 : Vec::TILE / R;
   int u = u0;
-  for (; u + C <= u1; u += C) tile<BITS, R, C>(w, qx, y, m0, u);
-  for (; u < u1; ++u) tile<BITS, R, 1>(w, qx, y, m0, u);
+  for (; u + C <= u1; u += C) tile<BITS, R, C, S>(w, qx, y, m0, u);
+  for (; u < u1; ++u) tile<BITS, R, 1, S>(w, qx, y, m0, u);
 }
 
 // `rows` (1..ROWS) rows from m as one group: each weight vector is unpacked once for all of them.
-template <int BITS, int R = 1>
+template <int BITS, typename S, int R = 1>
 void group(int rows, const PackedWeight& w, const QuantX& qx, float* y, int m, int u, int end) {
   if constexpr (R <= Vec::ROWS) {
-    if (rows == R) return row_group<BITS, R>(w, qx, y, m, u, end);
-    group<BITS, R + 1>(rows, w, qx, y, m, u, end);
+    if (rows == R) return row_group<BITS, R, S>(w, qx, y, m, u, end);
+    group<BITS, S, R + 1>(rows, w, qx, y, m, u, end);
   }
 }
 
 // The weights stream from memory once: for each TILE units, every group of rows runs over them (the later
 // groups read them from cache). The rows are split into groups of (nearly) equal size, at most ROWS each: a
 // verify pass over 13 positions is 7 + 6 rows, not 12 + 1 (a lone row costs nearly as much as a group).
-template <int BITS>
+template <int BITS, typename S>
 void units(const PackedWeight& w, const QuantX& qx, float* y, int M, int u0, int u1) {
   const int groups = (M + Vec::ROWS - 1) / Vec::ROWS;
   for (int u = u0; u < u1; u += Vec::TILE) {
     const int end = std::min(u1, u + Vec::TILE);
     for (int g = 0, m = 0; g < groups; ++g) {
       const int rows = M / groups + (g < M % groups);
-      group<BITS>(rows, w, qx, y, m, u, end);
+      group<BITS, S>(rows, w, qx, y, m, u, end);
       m += rows;
     }
   }
@@ -336,7 +342,10 @@ void units(const PackedWeight& w, const QuantX& qx, float* y, int M, int u0, int
 
 void run_units(const Products& p, const QuantX& qx, int i, int u0, int u1) {
   const PackedWeight& w = p.w[i];
-  w.bits == 4 ? units<4>(w, qx, p.y[i], p.M, u0, u1) : units<8>(w, qx, p.y[i], p.M, u0, u1);
+  if (w.fp16)
+    w.bits == 4 ? units<4, uint16_t>(w, qx, p.y[i], p.M, u0, u1) : units<8, uint16_t>(w, qx, p.y[i], p.M, u0, u1);
+  else
+    w.bits == 4 ? units<4, float>(w, qx, p.y[i], p.M, u0, u1) : units<8, float>(w, qx, p.y[i], p.M, u0, u1);
 }
 
 int units_of(const PackedWeight& w) {
@@ -359,6 +368,23 @@ void quantize_x(const float* x, int M, int K, int gs, QuantX& out) {
     for (int k = 0; k < K; ++k) out.xsum[static_cast<size_t>(m) * G + k / gs] += x[static_cast<size_t>(m) * K + k];
 }
 
+// An IEEE fp16 value (its bits) as fp32, exactly.
+float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, frac = h & 0x3FF;
+  if (exp == 0) { // zero or subnormal: frac * 2^-24
+    const float v = std::ldexp(static_cast<float>(frac), -24);
+    return sign ? -v : v;
+  }
+  const uint32_t bits = sign | (exp == 31 ? 0x7F800000u | (frac << 13) : ((exp + 112) << 23) | (frac << 13));
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+float scale_or_bias(const void* p, bool fp16, size_t i) {
+  return fp16 ? half_to_float(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
+}
+
 // One panel's block as integers, q[k][l] (k-index within the block, column l of the panel).
 void decode_block(const uint8_t* src, int bits, float (&q)[32][PANEL]) {
   for (int l = 0; l < PANEL; ++l)
@@ -377,8 +403,7 @@ void run_units(const Products& p, const QuantX& qx, int i, int u0, int u1) {
   float q[32][PANEL];
   for (int panel = u0; panel < u1; ++panel) {
     std::fill(f.begin(), f.end(), 0.f);
-    const float* sp = w.s + static_cast<size_t>(panel) * G * PANEL;
-    const float* bp = w.b + static_cast<size_t>(panel) * G * PANEL;
+    const size_t at = static_cast<size_t>(panel) * G * PANEL;
     for (int j = 0; j < blocks; ++j) {
       decode_block(w.w + (static_cast<size_t>(panel) * blocks + j) * block_bytes(w.bits), w.bits, q);
       const int g = j / per_group;
@@ -388,9 +413,10 @@ void run_units(const Products& p, const QuantX& qx, int i, int u0, int u1) {
         for (int k = 0; k < 32; ++k)
           for (int l = 0; l < PANEL; ++l) d[l] += xb[k] * q[k][l];
         float* fm = f.data() + static_cast<size_t>(m) * PANEL;
-        for (int l = 0; l < PANEL; ++l) fm[l] += sp[g * PANEL + l] * d[l];
+        for (int l = 0; l < PANEL; ++l) fm[l] += scale_or_bias(w.s, w.fp16, at + g * PANEL + l) * d[l];
         if ((j + 1) % per_group == 0)
-          for (int l = 0; l < PANEL; ++l) fm[l] += bp[g * PANEL + l] * qx.xsum[static_cast<size_t>(m) * G + g];
+          for (int l = 0; l < PANEL; ++l)
+            fm[l] += scale_or_bias(w.b, w.fp16, at + g * PANEL + l) * qx.xsum[static_cast<size_t>(m) * G + g];
       }
     }
     const int n0 = panel * PANEL, count = std::min(PANEL, w.N - n0);

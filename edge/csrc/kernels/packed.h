@@ -10,7 +10,7 @@
 //       8-bit: in byte k (bits 8k..8k+7) the integer of k-index 2 * (2 * chunk + k) + e,
 //     so shifting and masking a chunk yields, for t = 0..15, the vector of (q[2t], q[2t+1]) int16 pairs of
 //     all 16 columns: one pair per 32-bit lane, what integer dot-product instructions take;
-//   - scales and biases as fp32 (panels, groups, 16).
+//   - scales and biases as (panels, groups, 16), fp16 when all of them are exactly fp16 values (else fp32).
 // A product then keeps 16 columns in one vector's lanes and needs no horizontal sums; each unpacked weight
 // vector serves every input row of the call, so a verify pass over 8 positions costs far less than 8 decode
 // steps. Each row's arithmetic is the same whatever the number of rows, so results do not depend on M.
@@ -24,9 +24,10 @@ constexpr int PANEL = 16; // output columns per panel
 
 struct PackedWeight {
   const uint8_t* w; // (panels, K / 32, 16 * 32 * bits / 8)
-  const float* s; // (panels, K / gs, 16)
-  const float* b; // (panels, K / gs, 16)
+  const void* s; // (panels, K / gs, 16), fp32 or fp16
+  const void* b; // (panels, K / gs, 16), as s
   int N, K, gs, bits;
+  bool fp16; // s and b are fp16
 };
 
 // y (M x N, row-contiguous) = x (M x K) @ dequantize(w).T, split over edge's worker pool.

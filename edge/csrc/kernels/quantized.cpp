@@ -9,6 +9,7 @@
 
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
+#include "pool.h"
 
 namespace edge {
 
@@ -39,8 +40,9 @@ void check_packed(const array& w, const array& scales, const array& biases, int 
   if (w.dtype() != uint8 || w.ndim() != 2 || w.shape(0) != panels || w.shape(1) != 2 * k * bits)
     fail("w is not a packed (panels, 2 * K * bits) uint8 array for these n, K and bits (x's last axis does not match w?)");
   const Shape sb{panels, k / group_size, PANEL};
-  if (scales.shape() != sb || biases.shape() != sb || scales.dtype() != float32 || biases.dtype() != float32)
-    fail("scales and biases must be packed fp32 (panels, K / group_size, 16) arrays");
+  if (scales.shape() != sb || biases.shape() != sb || scales.dtype() != biases.dtype() ||
+      (scales.dtype() != float32 && scales.dtype() != float16))
+    fail("scales and biases must be packed (panels, K / group_size, 16) arrays, both fp32 or both fp16");
 }
 
 PackedWeight packed_weight(const array& w, const array& scales, const array& biases, int n, int group_size, int bits) {
@@ -48,7 +50,8 @@ PackedWeight packed_weight(const array& w, const array& scales, const array& bia
   check_packed(w, scales, biases, n, k, group_size, bits);
   for (const array* a : {&w, &scales, &biases})
     if (!a->flags().row_contiguous) throw std::invalid_argument("edge packed_matmul: packed weights must be contiguous");
-  return PackedWeight{w.data<uint8_t>(), scales.data<float>(), biases.data<float>(), n, k, group_size, bits};
+  return PackedWeight{w.data<uint8_t>(), scales.data<void>(), biases.data<void>(), n, k, group_size, bits,
+                      scales.dtype() == float16};
 }
 
 array packed_matmul(
@@ -59,6 +62,7 @@ array packed_matmul(
     int n,
     int group_size,
     int bits,
+    bool rest,
     StreamOrDevice s) {
   check_packed(w, scales, biases, n, x.shape(-1), group_size, bits);
   // One graph node per product: no reshape / astype wrappers unless the inputs need them (MLX spends a few
@@ -68,7 +72,7 @@ array packed_matmul(
   out_shape.back() = n;
   const array xf = x.dtype() == float32 ? x : astype(x, float32, stream);
   return array(
-      out_shape, float32, std::make_shared<PackedMatmul>(stream, n, group_size, bits), {xf, w, scales, biases});
+      out_shape, float32, std::make_shared<PackedMatmul>(stream, n, group_size, bits, rest), {xf, w, scales, biases});
 }
 
 void PackedMatmul::eval_cpu(const std::vector<array>& inputs, array& out) {
@@ -86,9 +90,10 @@ void PackedMatmul::eval_cpu(const std::vector<array>& inputs, array& out) {
   enc.set_output_array(out);
   const float* xp = x.data<float>();
   float* yp = out.data<float>();
-  enc.dispatch([pw, xp, yp, M, copy, src = inputs[0], dst = x]() mutable {
+  enc.dispatch([pw, xp, yp, M, copy, rest = rest_, src = inputs[0], dst = x]() mutable {
     if (copy) strided_fill(src, dst);
     packed_gemm(xp, M, pw, yp);
+    if (rest) pool_rest();
   });
 }
 
