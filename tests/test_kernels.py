@@ -72,6 +72,8 @@ def test_packed_layout_reads_back_exactly(bits, gs, fp16):
     assert mx.array_equal(dequantize(*packed, 37, bits, gs), want).item()
     ids = mx.array([[36, 0, 17], [16, 15, 36]])
     assert mx.array_equal(dequantize(*packed, 37, bits, gs, rows=ids), want[ids]).item()
+    rows = load_extension().packed_rows(ids, *packed, 37, gs, bits)  # the kernel's lookup: one graph node
+    assert rows.shape == (2, 3, 256) and mx.array_equal(rows, want[ids]).item()
 
 
 def test_strided_and_batched_inputs():

@@ -53,11 +53,13 @@ class PackedLinear(nn.Module):
 
 
 class PackedEmbedding(PackedLinear):
-    """A 4/8-bit embedding in edge's packed layout: lookups dequantize rows; `as_linear` (a tied output
-    head) runs on edge's CPU kernel."""
+    """A 4/8-bit embedding in edge's packed layout: lookups dequantize rows, and `as_linear` (a tied output
+    head) multiplies, both on edge's CPU kernels."""
 
     def __call__(self, ids: mx.array) -> mx.array:
-        return self.dequantized(rows=ids)
+        return load_extension().packed_rows(
+            ids, self.weight, self.scales, self.biases, self.output_dims, self.group_size, self.bits
+        )
 
     def as_linear(self, x: mx.array) -> mx.array:
         return self._product(x)

@@ -25,6 +25,19 @@ NB_MODULE(_edge_kernels, m) {
       "rest"_a = false,
       "stream"_a = nb::none(),
       "x @ dequantize(w).T in fp32, for 4/8-bit weights in edge's packed layout (edge.kernels.layout).");
+  m.def(
+      "packed_rows",
+      &edge::packed_rows,
+      "ids"_a,
+      "w"_a,
+      "scales"_a,
+      "biases"_a,
+      "n"_a,
+      "group_size"_a,
+      "bits"_a,
+      nb::kw_only(),
+      "stream"_a = nb::none(),
+      "dequantize(w)[ids] in fp32 (an embedding lookup), for weights in edge's packed layout.");
   m.def("simd", &edge::simd_name, "The vector unit the kernels were compiled for.");
   m.def(
       "decoder_layer",

@@ -31,6 +31,19 @@ inline int block_bytes(int bits) { // one panel, one block of 32 along K
   return PANEL * 32 * bits / 8;
 }
 
+// An IEEE fp16 value (its bits) as fp32, exactly.
+float half_bits_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, frac = h & 0x3FF;
+  if (exp == 0) { // zero or subnormal: frac * 2^-24
+    const float v = std::ldexp(static_cast<float>(frac), -24);
+    return sign ? -v : v;
+  }
+  const uint32_t bits = sign | (exp == 31 ? 0x7F800000u | (frac << 13) : ((exp + 112) << 23) | (frac << 13));
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
 // The products of one call: each runs over its panels ("units": a panel, or half of one for 8-lane vectors).
 struct Products {
   const PackedWeight* w;
@@ -368,21 +381,8 @@ void quantize_x(const float* x, int M, int K, int gs, QuantX& out) {
     for (int k = 0; k < K; ++k) out.xsum[static_cast<size_t>(m) * G + k / gs] += x[static_cast<size_t>(m) * K + k];
 }
 
-// An IEEE fp16 value (its bits) as fp32, exactly.
-float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, frac = h & 0x3FF;
-  if (exp == 0) { // zero or subnormal: frac * 2^-24
-    const float v = std::ldexp(static_cast<float>(frac), -24);
-    return sign ? -v : v;
-  }
-  const uint32_t bits = sign | (exp == 31 ? 0x7F800000u | (frac << 13) : ((exp + 112) << 23) | (frac << 13));
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 float scale_or_bias(const void* p, bool fp16, size_t i) {
-  return fp16 ? half_to_float(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
+  return fp16 ? half_bits_to_float(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
 }
 
 // One panel's block as integers, q[k][l] (k-index within the block, column l of the panel).
@@ -469,6 +469,31 @@ void packed_gemm_many(const float* x, int M, const PackedWeight* ws, float* cons
 
 void packed_gemm(const float* x, int M, const PackedWeight& w, float* y) {
   packed_gemm_many(x, M, &w, &y, 1);
+}
+
+void dequantize_rows(const PackedWeight& w, const int32_t* ids, int count, float* out) {
+  const int blocks = w.K / 32, G = w.K / w.gs, bb = block_bytes(w.bits), per = 16 / w.bits;
+  const int mask = (1 << w.bits) - 1;
+  for (int r = 0; r < count; ++r) {
+    const int panel = ids[r] / PANEL, lane = ids[r] % PANEL;
+    float* row = out + static_cast<size_t>(r) * w.K;
+    for (int j = 0; j < blocks; ++j) {
+      const uint8_t* block = w.w + (static_cast<size_t>(panel) * blocks + j) * bb;
+      const size_t g = (static_cast<size_t>(panel) * G + j * 32 / w.gs) * PANEL + lane;
+      const float scale = w.fp16 ? half_bits_to_float(static_cast<const uint16_t*>(w.s)[g])
+                                 : static_cast<const float*>(w.s)[g];
+      const float bias = w.fp16 ? half_bits_to_float(static_cast<const uint16_t*>(w.b)[g])
+                                : static_cast<const float*>(w.b)[g];
+      for (int k = 0; k < 32; ++k) { // pair t = k / 2, element e = k % 2: field t % per of chunk t / per
+        const int t = k / 2, e = k % 2;
+        uint16_t word;
+        std::memcpy(&word, block + (t / per) * 64 + (2 * lane + e) * 2, 2);
+        // rounded once for the product and once for the sum, as MLX's dequantize (no fused multiply-add)
+        const volatile float q = static_cast<float>((word >> ((t % per) * w.bits)) & mask) * scale;
+        row[j * 32 + k] = q + bias;
+      }
+    }
+  }
 }
 
 const char* simd_name() {

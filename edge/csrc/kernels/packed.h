@@ -35,6 +35,10 @@ void packed_gemm(const float* x, int M, const PackedWeight& w, float* y);
 // Several products of the same x (same K, group size and bits: q, k, v; gate, up), in one round.
 void packed_gemm_many(const float* x, int M, const PackedWeight* ws, float* const* ys, int count);
 
+// Rows of dequantize(w) (an embedding lookup of a packed embedding): out[r, :] = row ids[r], K floats each,
+// computed as q * scale + bias (the product is exact, so this equals MLX's dequantize bit for bit).
+void dequantize_rows(const PackedWeight& w, const int32_t* ids, int count, float* out);
+
 // Which vector unit the kernels were compiled for ("avx512-vnni", "avx2+vnni", "avx2" or "portable").
 const char* simd_name();
 

@@ -2,6 +2,7 @@
 
 #include "quantized.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -95,6 +96,48 @@ void PackedMatmul::eval_cpu(const std::vector<array>& inputs, array& out) {
     packed_gemm(xp, M, pw, yp);
     if (rest) pool_rest();
   });
+}
+
+array packed_rows(
+    const array& ids,
+    const array& w,
+    const array& scales,
+    const array& biases,
+    int n,
+    int group_size,
+    int bits,
+    StreamOrDevice s) {
+  const int k = w.ndim() == 2 ? w.shape(1) / (2 * bits) : 0;
+  check_packed(w, scales, biases, n, k, group_size, bits);
+  if (!issubdtype(ids.dtype(), integer)) throw std::invalid_argument("edge packed_rows: ids must be integers");
+  auto stream = to_stream(s);
+  Shape out_shape = ids.shape();
+  out_shape.push_back(k);
+  const array idx = ids.dtype() == int32 ? ids : astype(ids, int32, stream);
+  return array(out_shape, float32, std::make_shared<PackedRows>(stream, n, group_size, bits), {idx, w, scales, biases});
+}
+
+void PackedRows::eval_cpu(const std::vector<array>& inputs, array& out) {
+  auto& enc = cpu::get_command_encoder(stream());
+  const array& ids = inputs[0];
+  if (!ids.flags().row_contiguous) throw std::runtime_error("edge packed_rows: ids must be contiguous");
+  const PackedWeight pw = packed_weight(inputs[1], inputs[2], inputs[3], n_, group_size_, bits_);
+  out.set_data(allocator::malloc(out.nbytes()));
+  for (auto& in : inputs) enc.set_input_array(in);
+  enc.set_output_array(out);
+  const int32_t* ip = ids.data<int32_t>();
+  const int count = static_cast<int>(ids.size()), n = n_;
+  float* op = out.data<float>();
+  enc.dispatch([pw, ip, count, n, op]() {
+    // ids past the vocabulary (which no tokenizer gives) are clamped, not read out of bounds
+    std::vector<int32_t> safe(ip, ip + count);
+    for (auto& id : safe) id = std::min(std::max(id, 0), n - 1);
+    dequantize_rows(pw, safe.data(), count, op);
+  });
+}
+
+void PackedRows::eval_gpu(const std::vector<array>&, array&) {
+  throw std::runtime_error("edge's packed_rows is a CPU kernel; on the GPU edge uses MLX's own ops.");
 }
 
 void PackedMatmul::eval_gpu(const std::vector<array>&, array&) {
