@@ -31,14 +31,11 @@ class PackedLinear(nn.Module):
         )
         if "bias" in layer:
             self.bias = layer["bias"]
-        self.rest = False
-        """The model's output head, the last product of a step: the kernels' workers sleep after it rather
-        than spin through the Python that runs between steps (`mark_output_head`)."""
         self.freeze()
 
     def _product(self, x: mx.array) -> mx.array:
         return load_extension().packed_matmul(
-            x, self.weight, self.scales, self.biases, self.output_dims, self.group_size, self.bits, rest=self.rest
+            x, self.weight, self.scales, self.biases, self.output_dims, self.group_size, self.bits
         )
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -75,16 +72,6 @@ def _covered(layer) -> bool:
     )
 
 
-def mark_output_head(model: nn.Module) -> None:
-    """Mark the packed output head (an `lm_head`, or a tied embedding's `as_linear`) as a step's last product."""
-    if hasattr(model, "lm_head"):
-        head = model.lm_head
-    else:
-        head = getattr(getattr(model, "model", None), "embed_tokens", None)
-    if isinstance(head, PackedLinear):
-        head.rest = True
-
-
 def use_kernels(model: nn.Module) -> int:
     """Repack every covered quantized layer of `model` for edge's kernel (in place); returns how many."""
     if load_extension() is None:
@@ -97,7 +84,6 @@ def use_kernels(model: nn.Module) -> int:
                 mx.eval(packed.parameters())
                 setattr(parent, name, packed)  # the old arrays go with the old layer
                 switched += 1
-    mark_output_head(model)
     return switched
 
 

@@ -74,7 +74,8 @@ def expected_rate(acceptance: Acceptance, k: int, t_draft: float, t_sync: float,
 
 @dataclass
 class DraftLength:
-    k_max: int = 8
+    k_max: int = 12
+    """At most this many drafts a step: up to 12 positions share one pass over the weights on AVX-512."""
     k_start: int = 1
     """The first draft is short: a drafter slower than a target step is found out after one token."""
     probe_every: int = 16

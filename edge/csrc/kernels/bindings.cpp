@@ -22,7 +22,6 @@ NB_MODULE(_edge_kernels, m) {
       "group_size"_a,
       "bits"_a,
       nb::kw_only(),
-      "rest"_a = false,
       "stream"_a = nb::none(),
       "x @ dequantize(w).T in fp32, for 4/8-bit weights in edge's packed layout (edge.kernels.layout).");
   m.def(

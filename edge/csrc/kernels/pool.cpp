@@ -54,7 +54,6 @@ class Pool {
     }
     job_ = &job;
     parts_ = parts;
-    resting_.store(false, std::memory_order_relaxed);
     pending_.store(size_ - 1);
     generation_.fetch_add(1, std::memory_order_release);
     generation_.notify_all();
@@ -76,8 +75,7 @@ class Pool {
     uint64_t seen = 0;
     while (true) {
       auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(SPIN_US);
-      while (generation_.load(std::memory_order_acquire) == seen && !resting_.load(std::memory_order_relaxed) &&
-             std::chrono::steady_clock::now() < until)
+      while (generation_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < until)
         for (int i = 0; i < 64; ++i) spin_pause();
       generation_.wait(seen);
       seen = generation_.load(std::memory_order_acquire);
@@ -92,11 +90,6 @@ class Pool {
   std::vector<std::thread> workers_;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
-
- public:
-  std::atomic<bool> resting_{false}; // set by pool_rest(): stop spinning, sleep until the next job
-
- private:
   const std::function<void(int)>* job_ = nullptr;
   int parts_ = 0;
   bool stop_ = false;
@@ -115,10 +108,6 @@ int pool_size() {
 
 void pool_run(int parts, const std::function<void(int)>& job) {
   pool().run(std::min(parts, pool().size()), job);
-}
-
-void pool_rest() {
-  pool().resting_.store(true, std::memory_order_relaxed);
 }
 
 void parallel_for(int n, long work, const std::function<void(int, int)>& body) {

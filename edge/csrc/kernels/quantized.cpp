@@ -10,7 +10,6 @@
 
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
-#include "pool.h"
 
 namespace edge {
 
@@ -63,7 +62,6 @@ array packed_matmul(
     int n,
     int group_size,
     int bits,
-    bool rest,
     StreamOrDevice s) {
   check_packed(w, scales, biases, n, x.shape(-1), group_size, bits);
   // One graph node per product: no reshape / astype wrappers unless the inputs need them (MLX spends a few
@@ -73,7 +71,7 @@ array packed_matmul(
   out_shape.back() = n;
   const array xf = x.dtype() == float32 ? x : astype(x, float32, stream);
   return array(
-      out_shape, float32, std::make_shared<PackedMatmul>(stream, n, group_size, bits, rest), {xf, w, scales, biases});
+      out_shape, float32, std::make_shared<PackedMatmul>(stream, n, group_size, bits), {xf, w, scales, biases});
 }
 
 void PackedMatmul::eval_cpu(const std::vector<array>& inputs, array& out) {
@@ -91,10 +89,9 @@ void PackedMatmul::eval_cpu(const std::vector<array>& inputs, array& out) {
   enc.set_output_array(out);
   const float* xp = x.data<float>();
   float* yp = out.data<float>();
-  enc.dispatch([pw, xp, yp, M, copy, rest = rest_, src = inputs[0], dst = x]() mutable {
+  enc.dispatch([pw, xp, yp, M, copy, src = inputs[0], dst = x]() mutable {
     if (copy) strided_fill(src, dst);
     packed_gemm(xp, M, pw, yp);
-    if (rest) pool_rest();
   });
 }
 

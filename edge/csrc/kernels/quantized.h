@@ -12,7 +12,6 @@ using namespace mlx::core;
 
 // y = x @ dequantize(w).T in fp32, with x (..., K) and w, scales, biases in the packed layout of packed.h
 // (edge/kernels/layout.py makes them from MLX's affine 4/8-bit arrays); n is the number of output columns.
-// rest: the last product of a decode step (the output head): the worker pool sleeps after it.
 array packed_matmul(
     const array& x,
     const array& w,
@@ -21,7 +20,6 @@ array packed_matmul(
     int n,
     int group_size,
     int bits,
-    bool rest = false,
     StreamOrDevice s = {});
 
 // dequantize(w)[ids] (fp32, shape ids.shape + (K,)): an embedding lookup of a packed embedding, as one graph
@@ -44,8 +42,8 @@ PackedWeight packed_weight(const array& w, const array& scales, const array& bia
 
 class PackedMatmul : public UnaryPrimitive {
  public:
-  PackedMatmul(Stream stream, int n, int group_size, int bits, bool rest)
-      : UnaryPrimitive(stream), n_(n), group_size_(group_size), bits_(bits), rest_(rest) {}
+  PackedMatmul(Stream stream, int n, int group_size, int bits)
+      : UnaryPrimitive(stream), n_(n), group_size_(group_size), bits_(bits) {}
 
   void eval_cpu(const std::vector<array>& inputs, array& out) override;
   void eval_gpu(const std::vector<array>& inputs, array& out) override;
@@ -55,12 +53,11 @@ class PackedMatmul : public UnaryPrimitive {
   }
   bool is_equivalent(const Primitive& other) const override {
     auto& o = static_cast<const PackedMatmul&>(other);
-    return n_ == o.n_ && group_size_ == o.group_size_ && bits_ == o.bits_ && rest_ == o.rest_;
+    return n_ == o.n_ && group_size_ == o.group_size_ && bits_ == o.bits_;
   }
 
  private:
   int n_, group_size_, bits_;
-  bool rest_; // the last product of a step: the pool's workers sleep after it (pool_rest)
 };
 
 class PackedRows : public UnaryPrimitive {
