@@ -7,11 +7,11 @@ yields 1 token per t_plain, and runs pipelined (`generate.token_stream` queues s
 token n), so t_plain < t_sync: that is the rate drafting must beat. The first request on a model starts with
 a few pipelined plain tokens (measuring t_plain), then one synchronous step (t_sync), then drafts; later
 requests start from the costs the last one measured, and a drafter from its own last cost and acceptance
-(`controller_for`). Drafters with strong proposals
-(prompt lookup's long matches) have those judged with their own acceptance. When no k > 0 beats
-plain, speculation is off for the request: the loop decodes plainly, pipelined, for `probe_every` tokens
-(twice as many after each probe that finds drafting still not paying, up to `max_burst`), then tries k = 1
-again to re-measure, unless even perfect acceptance could not pay (t_draft + t_extra >= t_plain).
+(`controller_for`). Drafters with strong proposals (prompt lookup's long matches) have those judged with
+their own acceptance. When no k > 0 beats plain, speculation is off for the request: the loop decodes
+plainly, pipelined, for `probe_every` tokens (twice as many after each probe that finds drafting still not
+paying, up to `max_burst`), then tries k = 1 again to re-measure, unless even perfect acceptance could not
+pay (t_draft + t_extra >= t_plain).
 """
 
 from __future__ import annotations
@@ -208,4 +208,7 @@ def controller_for(module, drafter) -> DraftLength:
 def remember(module, drafter, c: DraftLength) -> None:
     if c.adaptive and c.t_plain is not None and c.t_sync is not None:
         module._edge_step_costs = StepCosts(c.t_plain, c.t_sync, c.t_extra)  # an object: not an MLX parameter
-        drafter._edge_record = DrafterRecord(c.t_draft, copy.deepcopy(c.accepts), copy.deepcopy(c.strong_accepts))
+        try:
+            drafter._edge_record = DrafterRecord(c.t_draft, copy.deepcopy(c.accepts), copy.deepcopy(c.strong_accepts))
+        except AttributeError:  # a user's drafter object that takes no new attributes: it starts afresh
+            pass

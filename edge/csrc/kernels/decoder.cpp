@@ -162,9 +162,10 @@ void mix_rows(int rt, const float* w, int stride, int n, const float* v, int hd,
 // Attention of `rows` query vectors that share one KV head (q: rows x hd, times the softmax scale; row r sees
 // positions 0..len[r]-1).
 // Keys are stored transposed, (hd, capacity), so the scores of consecutive positions are one vector
-// operation; values are (capacity, hd). Rows go up to ROW_TILE at a time through register tiles, so each key and value
-// is read once per tile of rows (the positions of a verify pass and the query heads of a group). Each row's
-// arithmetic is the same whatever the other rows are. scores: room for rows x (max(len) rounded up to SPAN).
+// operation; values are (capacity, hd). Rows go up to ROW_TILE at a time through register tiles, so each key
+// and value is read once per tile of rows (the positions of a verify pass and the query heads of a group).
+// Each row's arithmetic is the same whatever the other rows are. scores: room for rows x (max(len) rounded
+// up to SPAN).
 void attend(const float* q, int rows, const int* len, const float* kt, const float* v, int hd, int capacity,
             float* scores, float* out) {
   const int n = *std::max_element(len, len + rows), stride = (n + SPAN - 1) / SPAN * SPAN;

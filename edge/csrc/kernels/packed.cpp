@@ -79,7 +79,8 @@ void quantize_x(const float* x, int M, int K, int gs, QuantX& out) {
       const float d = amax / 32767.f, inv = d > 0.f ? 1.f / d : 0.f;
       out.scale[static_cast<size_t>(m) * blocks + j] = d;
       const __m512 vinv = _mm512_set1_ps(inv);
-      const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, vinv)), qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, vinv));
+      const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, vinv));
+      const __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, vinv));
       int16_t* to = out.q.data() + static_cast<size_t>(m) * K + j * 32;
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(to), _mm512_cvtepi32_epi16(qa));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(to + 16), _mm512_cvtepi32_epi16(qb));
