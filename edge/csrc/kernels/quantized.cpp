@@ -133,12 +133,8 @@ void PackedRows::eval_cpu(const std::vector<array>& inputs, array& out) {
   });
 }
 
-void PackedRows::eval_gpu(const std::vector<array>&, array&) {
-  throw std::runtime_error("edge's packed_rows is a CPU kernel; on the GPU edge uses MLX's own ops.");
-}
-
-void PackedMatmul::eval_gpu(const std::vector<array>&, array&) {
-  throw std::runtime_error("edge's packed_matmul is a CPU kernel; on the GPU edge uses MLX's own.");
+void PackedPrimitive::eval_gpu(const std::vector<array>&, array&) {
+  throw std::runtime_error(std::string(name()) + " is one of edge's CPU kernels; on the GPU edge uses MLX's own ops.");
 }
 
 } // namespace edge

@@ -2,6 +2,8 @@
 // quantized_matmul is scalar, and on x86 its fp16 / bf16 products are too.
 #pragma once
 
+#include <string>
+
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
 #include "packed.h"
@@ -40,44 +42,40 @@ void check_packed(const array& w, const array& scales, const array& biases, int 
 // The packed weight behind three evaluated arrays (checked: dtypes, shapes, contiguity).
 PackedWeight packed_weight(const array& w, const array& scales, const array& biases, int n, int group_size, int bits);
 
-class PackedMatmul : public UnaryPrimitive {
+// A primitive on one packed weight: n output columns (or rows), its group size and bits.
+class PackedPrimitive : public UnaryPrimitive {
  public:
-  PackedMatmul(Stream stream, int n, int group_size, int bits)
+  PackedPrimitive(Stream stream, int n, int group_size, int bits)
       : UnaryPrimitive(stream), n_(n), group_size_(group_size), bits_(bits) {}
 
-  void eval_cpu(const std::vector<array>& inputs, array& out) override;
   void eval_gpu(const std::vector<array>& inputs, array& out) override;
-
-  const char* name() const override {
-    return "EdgePackedMatmul";
-  }
   bool is_equivalent(const Primitive& other) const override {
-    auto& o = static_cast<const PackedMatmul&>(other);
-    return n_ == o.n_ && group_size_ == o.group_size_ && bits_ == o.bits_;
+    auto& o = static_cast<const PackedPrimitive&>(other);
+    return std::string(name()) == o.name() && n_ == o.n_ && group_size_ == o.group_size_ && bits_ == o.bits_;
   }
 
- private:
+ protected:
   int n_, group_size_, bits_;
 };
 
-class PackedRows : public UnaryPrimitive {
+// packed_matmul's node.
+class PackedMatmul : public PackedPrimitive {
  public:
-  PackedRows(Stream stream, int n, int group_size, int bits)
-      : UnaryPrimitive(stream), n_(n), group_size_(group_size), bits_(bits) {}
-
+  using PackedPrimitive::PackedPrimitive;
   void eval_cpu(const std::vector<array>& inputs, array& out) override;
-  void eval_gpu(const std::vector<array>& inputs, array& out) override;
+  const char* name() const override {
+    return "EdgePackedMatmul";
+  }
+};
 
+// packed_rows' node.
+class PackedRows : public PackedPrimitive {
+ public:
+  using PackedPrimitive::PackedPrimitive;
+  void eval_cpu(const std::vector<array>& inputs, array& out) override;
   const char* name() const override {
     return "EdgePackedRows";
   }
-  bool is_equivalent(const Primitive& other) const override {
-    auto& o = static_cast<const PackedRows&>(other);
-    return n_ == o.n_ && group_size_ == o.group_size_ && bits_ == o.bits_;
-  }
-
- private:
-  int n_, group_size_, bits_;
 };
 
 } // namespace edge
