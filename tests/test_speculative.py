@@ -327,10 +327,12 @@ def test_a_drafter_starts_from_what_its_last_request_measured():
     first.t_plain, first.t_sync = 0.010, 0.0105
     for _ in range(6):
         first.record(4, 0, t_draft=0.002, t_verify=0.02)
+    first.burst = 64  # speculation was off, the next probe 64 plain tokens away
     remember(module, drafter, first)
     second = controller_for(module, drafter)
     assert second.accepts.value == first.accepts.value < 0.2
     assert (second.t_plain, second.t_sync, second.t_draft) == (first.t_plain, first.t_sync, first.t_draft)
+    assert second.burst == 64
     second.record(4, 4, t_draft=0.0, t_verify=0.02)
     assert second.accepts.value > first.accepts.value  # a copy
     assert controller_for(module, PromptLookup()).accepts.value == pytest.approx(0.6)  # another drafter: priors

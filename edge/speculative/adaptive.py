@@ -189,6 +189,9 @@ class DrafterRecord:
     t_draft: float | None
     accepts: Acceptance
     strong_accepts: Acceptance
+    burst: int
+    """Plain tokens before the next probe, as the last request left it: a drafter found not to pay is not
+    probed every 16 tokens again from the start of each request."""
 
 
 def controller_for(module, drafter) -> DraftLength:
@@ -200,7 +203,7 @@ def controller_for(module, drafter) -> DraftLength:
         c.t_plain, c.t_sync, c.t_extra = costs.t_plain, costs.t_sync, costs.t_extra
     record = getattr(drafter, "_edge_record", None)
     if record is not None:
-        c.t_draft = record.t_draft
+        c.t_draft, c.burst = record.t_draft, record.burst
         c.accepts, c.strong_accepts = copy.deepcopy(record.accepts), copy.deepcopy(record.strong_accepts)
     return c
 
@@ -209,6 +212,8 @@ def remember(module, drafter, c: DraftLength) -> None:
     if c.adaptive and c.t_plain is not None and c.t_sync is not None:
         module._edge_step_costs = StepCosts(c.t_plain, c.t_sync, c.t_extra)  # an object: not an MLX parameter
         try:
-            drafter._edge_record = DrafterRecord(c.t_draft, copy.deepcopy(c.accepts), copy.deepcopy(c.strong_accepts))
+            drafter._edge_record = DrafterRecord(
+                c.t_draft, copy.deepcopy(c.accepts), copy.deepcopy(c.strong_accepts), c.burst
+            )
         except AttributeError:  # a user's drafter object that takes no new attributes: it starts afresh
             pass
