@@ -448,6 +448,33 @@ def test_auto_stops_using_a_second_drafter_that_does_not_pay(target):
     assert not auto.second_pays(4)  # 50 ms a proposal against a ~1 ms target step
 
 
+def test_auto_probes_a_second_drafter_that_does_not_pay_ever_less_often():
+    """After 32 skipped proposals, then 64, 128, ...: a self-draft's probe costs a catch-up prefill."""
+    from edge.speculative import AutoDrafter
+
+    class Instant:
+        name, calls = "instant", 0
+
+        def prepare(self, tokens):
+            pass
+
+        def sync(self, tokens):
+            pass
+
+        def propose(self, tokens, k, distribution):
+            self.calls += 1
+            return [0] * k, None
+
+    second = Instant()
+    auto = AutoDrafter(second)
+    auto.lookup = PromptLookup(min_ngram=99)  # lookup never proposes
+    auto.attach(DraftLength(t_plain=0.01, t_sync=0.01, t_extra=0.001))
+    auto.t_second = 1.0  # measured at a second a token: never pays
+    for i in range(1000):
+        auto.propose([1, 2, 3, i], 4, None)
+    assert second.calls == 5  # after 32, 96, 224, 480 and 992 skipped proposals
+
+
 def test_auto_spec_errors():
     with pytest.raises(edge.EdgeError, match="after 'auto:'"):
         make_drafter("auto:lookup", None)

@@ -3,7 +3,9 @@ lower-bit self-draft, `draft="auto:self:4"` or `"auto:PATH"`) while that second 
 
 The second drafter's acceptance is measured here, from the history the target settled on (how many of its
 drafts survived); its draft cost is timed here; the verify costs come from the loop's own controller. It is
-used only while its expected tokens per second beat plain decoding, and re-probed now and then.
+used only while its expected tokens per second beat plain decoding, and re-probed now and then: after 32
+proposals it skipped, then twice as many after each probe that finds it still not paying (up to 1024; a
+probe of a self-draft catches its cache up on every token since the last, as costly as a prefill).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .drafters import PromptLookup
 
 class AutoDrafter:
     probe_every = 32
+    max_probe_every = 1024
 
     def __init__(self, second=None):
         self.lookup = PromptLookup(name="lookup")
@@ -28,6 +31,7 @@ class AutoDrafter:
         self.accepts = Acceptance()  # the second drafter's, measured from the settled history
         self.t_second: float | None = None
         self.skipped = 0
+        self.next_probe = self.probe_every
         self._pending: tuple[int, list[int]] | None = None
         self.second_steps = 0
         self.self_accounted_s = 0.0
@@ -77,8 +81,11 @@ class AutoDrafter:
             return drafts, None
         if not self.second_pays(k):
             self.skipped += 1
-            if self.skipped % self.probe_every:
+            if self.skipped < self.next_probe:
                 return [], None
+            self.skipped, self.next_probe = 0, min(2 * self.next_probe, self.max_probe_every)
+        else:
+            self.next_probe = self.probe_every
         start = time.perf_counter()
         drafts, q = self.second.propose(tokens, k, distribution)
         self.self_accounted_s = time.perf_counter() - start
