@@ -51,6 +51,17 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * 1024 ** " KMGT".index(unit or " "))
 
 
+def fused_layers(config: dict) -> bool:
+    """The model is of a family edge's fused decoder layers run (edge/kernels/fused.py decides at load, from the
+    module; this is the same test from the config, for the plan)."""
+    from .kernels.fused import FAMILIES
+
+    heads = config.get("num_attention_heads") or 1
+    head_dim = config.get("head_dim") or config.get("hidden_size", 0) // heads
+    full = set(config.get("layer_types") or ["full_attention"]) == {"full_attention"}
+    return config.get("model_type") in FAMILIES and head_dim % 16 == 0 and full
+
+
 def kv_bytes_per_token(config: dict, dtype_bytes: int) -> int:
     """Keys and values of every layer for one token (standard multi-head / grouped-query attention)."""
     cfg = {**config.get("text_config", {}), **config}
@@ -146,7 +157,11 @@ def make_plan(
 
     def build(mode: str) -> MemoryPlan:
         weights = parameters * 4 if mode == "float32" else stored_bytes
-        kv = kv_bytes_per_token(config, 4 if (mode == "float32" or on_cpu) else stored_dtype_bytes)
+        if mode == "kernels" and fused_layers(config):
+            kv_dtype_bytes = 2  # edge's fused layers keep an fp16 KV cache
+        else:
+            kv_dtype_bytes = 4 if (mode == "float32" or on_cpu) else stored_dtype_bytes
+        kv = kv_bytes_per_token(config, kv_dtype_bytes)
         return MemoryPlan(name, parameters, stored_bytes, mode, weights, kv, ctx, model_context, available, total)
 
     if compute == "auto":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import mlx.core as mx
 import pytest
 from mlx.utils import tree_flatten
 
@@ -38,6 +39,10 @@ def test_quantized_models_run_on_edge_kernels_on_a_cpu(gguf_model, tmp_path):
     assert auto.compute == "kernels" and auto.weights_bytes == auto.stored_bytes
     model = edge.load(folder)
     assert model.kernel_layers > 0 and "PackedLinear" in str(type(model.module.model.layers[0].mlp.up_proj))
+    cache = model.make_cache()  # the fused layers' fp16 KV cache: what the plan counted per token
+    cache[0].reserve(1)
+    per_position = sum(a.nbytes for a in (cache[0].keys, cache[0].values)) // cache[0].capacity
+    assert cache[0].keys.dtype == mx.float16 and auto.kv_bytes_per_token == len(cache) * per_position
     assert edge.plan(folder, compute="float32").compute == "float32"
 
 

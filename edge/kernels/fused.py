@@ -27,7 +27,7 @@ GROW = 256
 
 class LayerCache(OffsetCache):
     """One layer's keys (kv_heads, head_dim, capacity: transposed, so the kernel's scores vectorise over
-    positions) and values (kv_heads, capacity, head_dim) in fp32, written in place by the kernel; `offset`
+    positions) and values (kv_heads, capacity, head_dim) in fp16, written in place by the kernel; `offset`
     positions are valid."""
 
     def __init__(self, kv_heads: int, head_dim: int):
@@ -50,8 +50,8 @@ class LayerCache(OffsetCache):
         if need <= have:
             return
         size = math.ceil(need / GROW) * GROW
-        keys = mx.zeros((self.kv_heads, self.head_dim, size))
-        values = mx.zeros((self.kv_heads, size, self.head_dim))
+        keys = mx.zeros((self.kv_heads, self.head_dim, size), dtype=mx.float16)
+        values = mx.zeros((self.kv_heads, size, self.head_dim), dtype=mx.float16)
         if self.keys is not None:
             keys[:, :, :have], values[:, :have] = self.keys, self.values
         mx.eval(keys, values)
