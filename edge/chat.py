@@ -39,10 +39,8 @@ class Chat:
         messages: list[Message] | None = None,
         draft=None,
     ):
-        from .speculative import make_drafter
-
         self.model = model
-        self.drafter = make_drafter(draft, model)
+        self.drafter = model._drafter_for(draft)
         self.system = system
         self.sampling = sampling or Sampling(max_tokens=512)
         self.messages: list[Message] = list(messages or [])

@@ -51,17 +51,6 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * 1024 ** " KMGT".index(unit or " "))
 
 
-def fused_layers(config: dict) -> bool:
-    """The model is of a family edge's fused decoder layers run (edge/kernels/fused.py decides at load, from the
-    module; this is the same test from the config, for the plan)."""
-    from .kernels.fused import FAMILIES
-
-    heads = config.get("num_attention_heads") or 1
-    head_dim = config.get("head_dim") or config.get("hidden_size", 0) // heads
-    full = set(config.get("layer_types") or ["full_attention"]) == {"full_attention"}
-    return config.get("model_type") in FAMILIES and head_dim % 16 == 0 and full
-
-
 def kv_bytes_per_token(config: dict, dtype_bytes: int) -> int:
     """Keys and values of every layer for one token (standard multi-head / grouped-query attention)."""
     cfg = {**config.get("text_config", {}), **config}
@@ -148,6 +137,8 @@ def make_plan(
     compute: str = "auto",
 ) -> MemoryPlan:
     """Plan from config and sizes alone. `compute`: 'auto' (fp32 on a CPU when it fits), 'float32', 'native'."""
+    from .kernels.fused import KV_DTYPE, fusable
+
     available, total = machine_memory()
     model_context = int(
         config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings") or 4096
@@ -157,8 +148,8 @@ def make_plan(
 
     def build(mode: str) -> MemoryPlan:
         weights = parameters * 4 if mode == "float32" else stored_bytes
-        if mode == "kernels" and fused_layers(config):
-            kv_dtype_bytes = 2  # edge's fused layers keep an fp16 KV cache
+        if mode == "kernels" and fusable(config):
+            kv_dtype_bytes = KV_DTYPE.size  # the fused layers' own KV cache
         else:
             kv_dtype_bytes = 4 if (mode == "float32" or on_cpu) else stored_dtype_bytes
         kv = kv_bytes_per_token(config, kv_dtype_bytes)

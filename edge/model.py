@@ -146,9 +146,9 @@ class Model:
             )
 
     def _drafter_for(self, draft):
-        """The drafter for a `draft=` value: built once per spec string or folder and kept on the model (a
-        draft model is loaded, a self-draft quantized, only the first time); drafters and models given as
-        objects are used as they are."""
+        """The drafter for a `draft=` value (`stream`, `generate` and `Chat` all ask here): built once per spec
+        string or folder and kept on the model (a draft model is loaded, a self-draft quantized, only the first
+        time); drafters and models given as objects are used as they are."""
         from .speculative import make_drafter
 
         if not isinstance(draft, (str, Path)):

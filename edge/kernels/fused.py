@@ -20,6 +20,8 @@ from .cpu import load_extension
 from .quantized import PackedLinear
 
 FAMILIES = ("llama", "mistral", "qwen2")
+KV_DTYPE = mx.float16
+"""The KV cache's type: attention reads all of it every token, and in fp32 it was bandwidth-bound."""
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 GROW = 256
@@ -50,8 +52,8 @@ class LayerCache(OffsetCache):
         if need <= have:
             return
         size = math.ceil(need / GROW) * GROW
-        keys = mx.zeros((self.kv_heads, self.head_dim, size), dtype=mx.float16)
-        values = mx.zeros((self.kv_heads, size, self.head_dim), dtype=mx.float16)
+        keys = mx.zeros((self.kv_heads, self.head_dim, size), dtype=KV_DTYPE)
+        values = mx.zeros((self.kv_heads, size, self.head_dim), dtype=KV_DTYPE)
         if self.keys is not None:
             keys[:, :, :have], values[:, :have] = self.keys, self.values
         mx.eval(keys, values)
@@ -69,13 +71,20 @@ def _projections(layer) -> list:
     return out
 
 
+def fusable(config: dict) -> bool:
+    """A model config of a family and shape the fused layers run (llama-like, full attention everywhere, head
+    size a multiple of 16); `fuse` also checks the loaded module's layers. The memory plan asks this."""
+    heads = config.get("num_attention_heads") or 1
+    head_dim = config.get("head_dim") or config.get("hidden_size", 0) // heads
+    full = set(config.get("layer_types") or ["full_attention"]) == {"full_attention"}  # else rotating caches
+    return config.get("model_type") in FAMILIES and head_dim % 16 == 0 and full
+
+
 def _shape(model: nn.Module):
     """(heads, kv_heads, head_dim), or None when a layer is not one the kernel expresses."""
     args = getattr(model, "args", None)
-    if getattr(args, "model_type", None) not in FAMILIES:
+    if args is None or not fusable(vars(args)):
         return None
-    if set(getattr(args, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
-        return None  # sliding-window layers: mlx-lm's rotating caches
     attn = model.model.layers[0].self_attn
     if not isinstance(attn.q_proj, PackedLinear):
         return None

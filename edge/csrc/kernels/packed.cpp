@@ -44,6 +44,11 @@ float half_bits_to_float(uint16_t h) {
   return f;
 }
 
+// Scale or bias i of a packed weight's table (s or b), whichever its type.
+float scale_or_bias(const void* p, bool fp16, size_t i) {
+  return fp16 ? half_bits_to_float(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
+}
+
 // The products of one call: each runs over its panels ("units": a panel, or half of one for 8-lane vectors).
 struct Products {
   const PackedWeight* w;
@@ -382,10 +387,6 @@ void quantize_x(const float* x, int M, int K, int gs, QuantX& out) {
     for (int k = 0; k < K; ++k) out.xsum[static_cast<size_t>(m) * G + k / gs] += x[static_cast<size_t>(m) * K + k];
 }
 
-float scale_or_bias(const void* p, bool fp16, size_t i) {
-  return fp16 ? half_bits_to_float(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
-}
-
 // One panel's block as integers, q[k][l] (k-index within the block, column l of the panel).
 void decode_block(const uint8_t* src, int bits, float (&q)[32][PANEL]) {
   for (int l = 0; l < PANEL; ++l)
@@ -481,10 +482,7 @@ void dequantize_rows(const PackedWeight& w, const int32_t* ids, int count, float
     for (int j = 0; j < blocks; ++j) {
       const uint8_t* block = w.w + (static_cast<size_t>(panel) * blocks + j) * bb;
       const size_t g = (static_cast<size_t>(panel) * G + j * 32 / w.gs) * PANEL + lane;
-      const float scale = w.fp16 ? half_bits_to_float(static_cast<const uint16_t*>(w.s)[g])
-                                 : static_cast<const float*>(w.s)[g];
-      const float bias = w.fp16 ? half_bits_to_float(static_cast<const uint16_t*>(w.b)[g])
-                                : static_cast<const float*>(w.b)[g];
+      const float scale = scale_or_bias(w.s, w.fp16, g), bias = scale_or_bias(w.b, w.fp16, g);
       for (int k = 0; k < 32; ++k) { // pair t = k / 2, element e = k % 2: field t % per of chunk t / per
         const int t = k / 2, e = k % 2;
         uint16_t word;
