@@ -11,7 +11,8 @@ requests start from the costs the last one measured, and a drafter from its own 
 their own acceptance. When no k > 0 beats plain, speculation is off for the request: the loop decodes
 plainly, pipelined, for `probe_every` tokens (twice as many after each probe that finds drafting still not
 paying, up to `max_burst`), then tries k = 1 again to re-measure, unless even perfect acceptance could not
-pay (t_draft + t_extra >= t_plain).
+pay (t_draft + t_extra >= t_plain). t_sync and t_extra are fitted together over every synchronous step
+(`VerifyCost`), not read off the rare steps that draft nothing.
 """
 
 from __future__ import annotations
@@ -73,6 +74,58 @@ def expected_rate(acceptance: Acceptance, k: int, t_draft: float, t_sync: float,
 
 
 @dataclass
+class VerifyCost:
+    """Seconds of a synchronous target pass over 1 + k positions as t_sync + k * t_extra, fitted by decayed
+    least squares over every step, whatever its k, with the slope held to its last value where the steps do
+    not tell it (a ridge: a run of equal k fixes only their sum).
+
+    Before, t_sync came from the steps that drafted nothing, which stop once drafting pays, and t_extra was read
+    off each step against it: one slow first step (25 ms against 5, measured on a cold process) then stuck in
+    t_sync for the session, t_extra fell to 0, and only the longest matches were ever drafted."""
+
+    decay: float = 0.9
+    ridge: float = 16.0
+    """Pull of the last slope, in squared positions of spread: one step 4 positions from the mean."""
+    band: float = 0.3
+    """A step enters the fit at most this fraction slower than the fit predicted: a stall moves it a bounded
+    amount, a machine that really got slower still moves it step by step. Faster steps enter as they are
+    (nothing makes a step look faster than it ran; a cold first step must not linger)."""
+    sums: list[float] = field(default_factory=lambda: [0.0] * 5)
+    """Decayed sums of w, w k, w k^2, w t, w k t."""
+
+    def record(
+        self, k: int, seconds: float, t_sync: float | None, t_extra: float | None, t_plain: float | None = None
+    ) -> tuple[float, float | None]:
+        """Add one step (k drafted positions, `seconds`) to the fit whose current output is (t_sync, t_extra);
+        return the new output. Estimates set by hand (or carried from a request without sums) seed it; before
+        any, a step over one position is expected to cost about a plain token."""
+        if self.sums[0] == 0.0 and t_sync is not None:  # seed: two pseudo-steps, at k = 0 and k = 4
+            self._add(0, t_sync)
+            if t_extra is not None:
+                self._add(4, t_sync + 4 * t_extra)
+        expected = t_sync if t_sync is not None else t_plain
+        if expected is not None and (t_extra is not None or k == 0):
+            seconds = min(seconds, (1 + self.band) * (expected + k * (t_extra or 0.0)))
+        self._add(k, seconds)
+        w, wk, wkk, wt, wkt = self.sums
+        mean_k, mean_t = wk / w, wt / w
+        spread, covariance = wkk - w * mean_k**2, wkt - w * mean_k * mean_t
+        if t_extra is not None:
+            slope: float | None = (covariance + self.ridge * t_extra) / (spread + self.ridge)
+        else:
+            slope = covariance / spread if spread > 1e-9 * w else None
+        if slope is None:
+            return mean_t, None
+        slope = max(slope, 0.0)
+        return max(mean_t - slope * mean_k, 0.1 * mean_t), slope
+
+    def _add(self, k: int, seconds: float) -> None:
+        d = self.decay
+        for i, v in enumerate((1.0, k, k * k, seconds, k * seconds)):
+            self.sums[i] = d * self.sums[i] + v
+
+
+@dataclass
 class DraftLength:
     k_max: int = 12
     """At most this many drafts a step: up to 12 positions share one pass over the weights on AVX-512."""
@@ -102,6 +155,8 @@ class DraftLength:
     """Plain tokens before the next probe while speculation is off; doubles after each probe that finds
     it still not paying (up to `max_burst`), back to `probe_every` once it pays."""
     max_burst: int = 128
+    verify: VerifyCost = field(default_factory=VerifyCost)
+    """The fit t_sync and t_extra come from."""
 
     def _avg(self, old: float | None, new: float) -> float:
         if old is None or old <= 0:
@@ -160,14 +215,12 @@ class DraftLength:
     def record(self, drafted: int, accepted: int, t_draft: float, t_verify: float, strong: bool = False) -> None:
         """Update the estimates after a synchronous step that drafted `drafted` tokens and accepted `accepted`
         (`strong`: from a strong proposal)."""
+        self.t_sync, self.t_extra = self.verify.record(drafted, t_verify, self.t_sync, self.t_extra, self.t_plain)
         if drafted == 0:
-            self.t_sync = self._avg(self.t_sync, t_verify)
             return
         self.history[accepted] = self.history.get(accepted, 0) + 1
         (self.strong_accepts if strong else self.accepts).record(drafted, accepted)
         self.t_draft = self._avg(self.t_draft, t_draft / drafted)
-        base = self.t_sync if self.t_sync is not None else t_verify / (1 + 0.25 * drafted)
-        self.t_extra = self._avg(self.t_extra, max(t_verify - base, 0.0) / drafted)
 
 
 @dataclass
@@ -178,6 +231,7 @@ class StepCosts:
     t_plain: float | None
     t_sync: float | None
     t_extra: float | None
+    verify: VerifyCost
 
 
 @dataclass
@@ -201,6 +255,7 @@ def controller_for(module, drafter) -> DraftLength:
     costs = getattr(module, "_edge_step_costs", None)
     if costs is not None:
         c.t_plain, c.t_sync, c.t_extra = costs.t_plain, costs.t_sync, costs.t_extra
+        c.verify = copy.deepcopy(costs.verify)
     record = getattr(drafter, "_edge_record", None)
     if record is not None:
         c.t_draft, c.burst = record.t_draft, record.burst
@@ -210,7 +265,9 @@ def controller_for(module, drafter) -> DraftLength:
 
 def remember(module, drafter, c: DraftLength) -> None:
     if c.adaptive and c.t_plain is not None and c.t_sync is not None:
-        module._edge_step_costs = StepCosts(c.t_plain, c.t_sync, c.t_extra)  # an object: not an MLX parameter
+        module._edge_step_costs = StepCosts(
+            c.t_plain, c.t_sync, c.t_extra, copy.deepcopy(c.verify)
+        )  # an object: not an MLX parameter
         try:
             drafter._edge_record = DrafterRecord(
                 c.t_draft, copy.deepcopy(c.accepts), copy.deepcopy(c.strong_accepts), c.burst
