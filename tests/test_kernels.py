@@ -200,6 +200,26 @@ def test_fused_layers_match_mlx_lm_layers(quantized_models, name):
         np.testing.assert_allclose(got, again[:, -3:], atol=tol)
 
 
+def test_the_decoder_stack_refuses_caches_that_do_not_fit(quantized_models):
+    """The layers' weights are checked once, when the stack is built; each call still checks its caches."""
+    module = edge.load(quantized_models["gguf"]).module
+    stack, cache = type(module).decoder_stack, module.make_cache()
+    assert len(stack) == len(cache)
+    for c in cache:
+        c.reserve(8)
+    keys, values, offsets = [c.keys for c in cache], [c.values for c in cache], [c.offset for c in cache]
+    width = module.model.norm.weight.shape[0]
+    assert stack(mx.zeros((8, width)), keys, values, offsets).shape == (8, width)
+    with pytest.raises(ValueError, match="one key cache, value cache and offset per layer"):
+        stack(mx.zeros((8, width)), keys[:-1], values, offsets)
+    with pytest.raises(ValueError, match="too short for these positions"):
+        stack(mx.zeros((8, width)), keys, values, [cache[0].capacity - 4] * len(cache))
+    with pytest.raises(ValueError, match="caches must be fp16"):
+        stack(mx.zeros((8, width)), [k.astype(mx.float32) for k in keys], values, offsets)
+    with pytest.raises(ValueError, match="the layers' width"):
+        stack(mx.zeros((8, width + 16)), keys, values, offsets)
+
+
 def test_fused_attention_over_a_long_context(quantized_models):
     """900 positions (the cache grows past several 256-position steps, scores span many 16-position tiles):
     prefill in two calls, then single steps, against mlx-lm's layers on the same weights."""

@@ -325,7 +325,7 @@ def test_a_drafter_starts_from_what_its_last_request_measured():
     first = controller_for(module, drafter)
     assert first.accepts.value == pytest.approx(0.6) and first.t_plain is None  # the priors, nothing measured
     first.t_plain, first.t_sync = 0.010, 0.0105
-    for _ in range(6):
+    for _ in range(10):
         first.record(4, 0, t_draft=0.002, t_verify=0.02)
     first.burst = 64  # speculation was off, the next probe 64 plain tokens away
     remember(module, drafter, first)
@@ -345,7 +345,7 @@ def test_weak_and_strong_proposals_are_judged_apart():
     for _ in range(6):
         c.record(4, 0, t_draft=0.0, t_verify=0.02)  # weak proposals, all rejected
     assert c.choose(64) == 0 and c.choose(64, strong=True) >= 4
-    for _ in range(6):
+    for _ in range(10):
         c.record(4, 0, t_draft=0.0, t_verify=0.02, strong=True)  # and when strong ones fail too
     assert c.choose(64, strong=True) == 0
 

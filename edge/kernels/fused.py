@@ -2,8 +2,8 @@
 
 On a CPU, MLX spends a few microseconds on every graph node; a 30-layer model's token is ~1000 nodes, which
 costs more than its 4-bit products. `fuse(model)` gives the model a forward pass that runs each layer as one
-primitive (`decoder_layer`: norms, the seven quantized products, RoPE, attention over a KV cache it writes in
-place, SwiGLU) when called with the caches from its `make_cache()`; called otherwise (no cache, or mlx-lm's
+primitive (norms, the seven quantized products, RoPE, attention over a KV cache it writes in place, SwiGLU),
+all built by one call of the kernel's `DecoderStack`, when called with the caches from its `make_cache()`; called otherwise (no cache, or mlx-lm's
 caches) it is mlx-lm's own forward, which stays the reference the fused one is tested against.
 """
 
@@ -101,8 +101,7 @@ def _shape(model: nn.Module):
 
 
 def _layer_arguments(layer, shape) -> tuple:
-    """Everything but the activations and the cache that `decoder_layer` takes, gathered once at fuse time
-    (not per token: Python time counts at 100 tokens per second)."""
+    """A layer's weights and shape as `DecoderStack.add_layer` takes them."""
     mods = _projections(layer)
     return (
         layer.input_layernorm.weight,
@@ -129,32 +128,37 @@ def fuse(model: nn.Module, context: int) -> bool:
     cos, sin = rope_tables(model.model.layers[0].self_attn.rope, context, head_dim)
     tables = (mx.array(cos), mx.array(sin))
     mx.eval(tables)
-    layers = [_layer_arguments(layer, shape) for layer in model.model.layers]
+    stack = ext.DecoderStack(*tables)  # the layers' weights are checked here, once
+    for layer in model.model.layers:
+        stack.add_layer(*_layer_arguments(layer, shape))
     base = type(model)
 
     class Fused(base):
+        decoder_stack = stack
+
         def make_cache(self):
             return [LayerCache(kv_heads, head_dim) for _ in self.model.layers]
 
         def __call__(self, inputs, cache=None, **kwargs):
             if not cache or not isinstance(cache[0], LayerCache) or inputs.shape[0] != 1:
                 return base.__call__(self, inputs, cache=cache, **kwargs)
-            return _forward(self, ext, inputs, cache, tables, layers)
+            return _forward(self, self.decoder_stack, inputs, cache)
 
     Fused.__name__ = Fused.__qualname__ = f"Fused{base.__name__}"
     model.__class__ = Fused
     return True
 
 
-def _forward(model, ext, inputs: mx.array, cache: list[LayerCache], tables, layers: list[tuple]) -> mx.array:
+def _forward(model, stack, inputs: mx.array, cache: list[LayerCache]) -> mx.array:
     inner = model.model
     n = inputs.shape[1]
     h = inner.embed_tokens(inputs[0]).astype(mx.float32)
-    for (attn_norm, mlp_norm, quantized, *rest), c in zip(layers, cache, strict=True):
+    for c in cache:
         c.reserve(n)
-        h = ext.decoder_layer(h, attn_norm, mlp_norm, *tables, c.keys, c.values, quantized, *rest, c.offset)
+    h = stack(h, [c.keys for c in cache], [c.values for c in cache], [c.offset for c in cache])
+    for c in cache:
         c.offset += n
-        c.last = h
+        c.last = h  # evaluating the last layer's output runs every layer's cache writes
     h = inner.norm(h)
     out = model.lm_head(h) if hasattr(model, "lm_head") else inner.embed_tokens.as_linear(h)
     return out[None]

@@ -35,7 +35,10 @@ class Acceptance:
     """Prior probability that a further drafted token is accepted, given the ones before it were."""
     weight: float = 5.0
     """Trials the priors count as."""
-    decay: float = 0.8
+    decay: float = 0.9
+    """Weight of the past: about 10 steps of memory. Outcomes are nearly all-or-nothing, so 5 (0.8) was too few:
+    a short run of rejected single-token matches switched them off for a whole plain burst (replaying
+    SmolLM2's grounded prompts: 1.88x with 0.8, 2.02x with 0.9, with the costs measured)."""
 
     def __post_init__(self) -> None:
         self._first = [self.first * self.weight, self.weight]  # successes, trials

@@ -38,18 +38,26 @@ NB_MODULE(_edge_kernels, m) {
       "stream"_a = nb::none(),
       "dequantize(w)[ids] in fp32 (an embedding lookup), for weights in edge's packed layout.");
   m.def("simd", &edge::simd_name, "The vector unit the kernels were compiled for.");
-  m.def(
-      "decoder_layer",
-      [](const mlx::core::array& h, const mlx::core::array& attn_norm, const mlx::core::array& mlp_norm,
-         const mlx::core::array& cos, const mlx::core::array& sin, const mlx::core::array& k_cache,
-         const mlx::core::array& v_cache, const std::vector<mlx::core::array>& quantized, int heads, int kv_heads,
-         int head_dim, float eps, float scale, const std::vector<int>& bits, const std::vector<int>& group_sizes,
-         const std::vector<int>& outputs, int offset) {
-        return edge::decoder_layer(
-            h, attn_norm, mlp_norm, cos, sin, k_cache, v_cache, quantized,
-            edge::LayerShape{heads, kv_heads, head_dim, eps, scale, bits, group_sizes, outputs}, offset);
-      },
-      "h"_a, "attn_norm"_a, "mlp_norm"_a, "cos"_a, "sin"_a, "k_cache"_a, "v_cache"_a, "quantized"_a, "heads"_a,
-      "kv_heads"_a, "head_dim"_a, "eps"_a, "scale"_a, "bits"_a, "group_sizes"_a, "outputs"_a, "offset"_a,
-      "One llama-family decoder layer on the CPU, writing the new keys and values into the caches in place.");
+  nb::class_<edge::DecoderStack>(m, "DecoderStack", "A model's decoder layers, checked once, built in one call.")
+      .def(nb::init<mlx::core::array, mlx::core::array>(), "cos"_a, "sin"_a)
+      .def(
+          "add_layer",
+          [](edge::DecoderStack& self, const mlx::core::array& attn_norm, const mlx::core::array& mlp_norm,
+             const std::vector<mlx::core::array>& quantized, int heads, int kv_heads, int head_dim, float eps,
+             float scale, const std::vector<int>& bits, const std::vector<int>& group_sizes,
+             const std::vector<int>& outputs) {
+            self.add_layer(attn_norm, mlp_norm, quantized,
+                           edge::LayerShape{heads, kv_heads, head_dim, eps, scale, bits, group_sizes, outputs});
+          },
+          "attn_norm"_a, "mlp_norm"_a, "quantized"_a, "heads"_a, "kv_heads"_a, "head_dim"_a, "eps"_a, "scale"_a,
+          "bits"_a, "group_sizes"_a, "outputs"_a, "The next layer's weights and shape.")
+      .def("__len__", &edge::DecoderStack::size)
+      .def(
+          "__call__",
+          [](const edge::DecoderStack& self, const mlx::core::array& h, const std::vector<mlx::core::array>& keys,
+             const std::vector<mlx::core::array>& values, const std::vector<int>& offsets) {
+            return self(h, keys, values, offsets);
+          },
+          "h"_a, "keys"_a, "values"_a, "offsets"_a,
+          "h through every layer, each writing its new keys and values into its caches in place.");
 }

@@ -300,45 +300,73 @@ void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int o
 
 } // namespace
 
-array decoder_layer(
-    const array& h,
-    const array& attn_norm,
-    const array& mlp_norm,
-    const array& cos,
-    const array& sin,
-    const array& k_cache,
-    const array& v_cache,
-    const std::vector<array>& quantized,
-    const LayerShape& shape,
-    int offset,
-    StreamOrDevice s) {
-  if (quantized.size() != 21) throw std::invalid_argument("decoder_layer: give (weight, scales, biases) x 7");
+namespace {
+
+// The checks of a layer's own weights (once per model).
+void check_weights(int D, const std::vector<array>& quantized, const LayerShape& shape) {
+  if (quantized.size() != 21) throw std::invalid_argument("DecoderStack: give (weight, scales, biases) x 7");
   if (shape.bits.size() != 7 || shape.group_sizes.size() != 7 || shape.outputs.size() != 7)
-    throw std::invalid_argument("decoder_layer: give bits, group sizes and outputs of the 7 products");
-  if (h.ndim() != 2 || h.dtype() != float32) throw std::invalid_argument("decoder_layer: h must be (M, D) fp32");
-  if (shape.head_dim % 16 != 0) throw std::invalid_argument("decoder_layer: head_dim must be a multiple of 16");
+    throw std::invalid_argument("DecoderStack: give bits, group sizes and outputs of the 7 products");
+  if (shape.head_dim % 16 != 0) throw std::invalid_argument("DecoderStack: head_dim must be a multiple of 16");
+  const int hd = shape.head_dim, F = shape.outputs[4];
+  const int widths[7] = {D, D, D, shape.heads * hd, D, D, F}; // each product's K
+  for (int i = 0; i < 7; ++i)
+    check_packed(quantized[3 * i], quantized[3 * i + 1], quantized[3 * i + 2], shape.outputs[i], widths[i],
+                 shape.group_sizes[i], shape.bits[i]);
+}
+
+// The checks of one call: the activations, and the cache and RoPE table against the new positions.
+void check_call(const array& h, const array& cos, const array& k_cache, const array& v_cache, const LayerShape& shape,
+                int offset) {
+  if (h.ndim() != 2 || h.dtype() != float32) throw std::invalid_argument("DecoderStack: h must be (M, D) fp32");
   const int M = h.shape(0);
   if (v_cache.ndim() != 3 || v_cache.shape(0) != shape.kv_heads || v_cache.shape(2) != shape.head_dim ||
       k_cache.shape() != Shape{shape.kv_heads, shape.head_dim, v_cache.shape(1)} || k_cache.dtype() != float16 ||
       v_cache.dtype() != float16)
     throw std::invalid_argument(
-        "decoder_layer: caches must be fp16, keys (kv_heads, head_dim, capacity), values (kv_heads, capacity, head_dim)");
-  if (offset + M > v_cache.shape(1) || offset + M > cos.shape(0))
-    throw std::invalid_argument("decoder_layer: the cache or the RoPE table is too short for these positions");
-  const int D = h.shape(1), hd = shape.head_dim, F = shape.outputs[4];
-  const int widths[7] = {D, D, D, shape.heads * hd, D, D, F}; // each product's K
-  for (int i = 0; i < 7; ++i)
-    check_packed(quantized[3 * i], quantized[3 * i + 1], quantized[3 * i + 2], shape.outputs[i], widths[i],
-                 shape.group_sizes[i], shape.bits[i]);
+        "DecoderStack: caches must be fp16, keys (kv_heads, head_dim, capacity), values (kv_heads, capacity, head_dim)");
+  if (offset < 0 || offset + M > v_cache.shape(1) || offset + M > cos.shape(0))
+    throw std::invalid_argument("DecoderStack: the cache or the RoPE table is too short for these positions");
+}
+
+array layer_node(const array& h, const array& attn_norm, const array& mlp_norm, const array& cos, const array& sin,
+                 const array& k_cache, const array& v_cache, const std::vector<array>& quantized,
+                 const LayerShape& shape, int offset, const Stream& stream) {
   std::vector<array> inputs = {h, attn_norm, mlp_norm, cos, sin, k_cache, v_cache};
   inputs.insert(inputs.end(), quantized.begin(), quantized.end());
-  auto stream = to_stream(s);
   return array(h.shape(), float32, std::make_shared<DecoderLayer>(stream, shape, offset), std::move(inputs));
+}
+
+} // namespace
+
+void DecoderStack::add_layer(array attn_norm, array mlp_norm, std::vector<array> quantized, LayerShape shape) {
+  check_weights(attn_norm.size(), quantized, shape);
+  if (!layers_.empty() && attn_norm.size() != layers_[0].attn_norm.size())
+    throw std::invalid_argument("DecoderStack: every layer must have the same width");
+  layers_.push_back({std::move(attn_norm), std::move(mlp_norm), std::move(quantized), std::move(shape)});
+}
+
+array DecoderStack::operator()(const array& h, const std::vector<array>& keys, const std::vector<array>& values,
+                               const std::vector<int>& offsets, StreamOrDevice s) const {
+  const size_t n = layers_.size();
+  if (keys.size() != n || values.size() != n || offsets.size() != n)
+    throw std::invalid_argument("DecoderStack: give one key cache, value cache and offset per layer");
+  if (n && h.ndim() == 2 && h.shape(1) != static_cast<int>(layers_[0].attn_norm.size()))
+    throw std::invalid_argument("DecoderStack: h must be (M, D) with D the layers' width");
+  const Stream stream = to_stream(s);
+  array x = h;
+  for (size_t i = 0; i < n; ++i) {
+    const Layer& L = layers_[i];
+    check_call(x, cos_, keys[i], values[i], L.shape, offsets[i]);
+    x = layer_node(x, L.attn_norm, L.mlp_norm, cos_, sin_, keys[i], values[i], L.quantized, L.shape, offsets[i],
+                   stream);
+  }
+  return x;
 }
 
 void DecoderLayer::eval_cpu(const std::vector<array>& in, array& out) {
   for (auto& a : in)
-    if (!a.flags().row_contiguous) throw std::runtime_error("decoder_layer: inputs must be row-contiguous");
+    if (!a.flags().row_contiguous) throw std::runtime_error("DecoderStack: inputs must be row-contiguous");
   out.set_data(allocator::malloc(out.nbytes()));
   auto& enc = cpu::get_command_encoder(stream());
   for (auto& a : in) enc.set_input_array(a);
@@ -355,7 +383,7 @@ void DecoderLayer::eval_cpu(const std::vector<array>& in, array& out) {
 }
 
 void DecoderLayer::eval_gpu(const std::vector<array>&, array&) {
-  throw std::runtime_error("edge's decoder_layer is a CPU kernel; on the GPU edge uses mlx-lm's layers.");
+  throw std::runtime_error("edge's decoder layers are a CPU kernel; on the GPU edge uses mlx-lm's layers.");
 }
 
 } // namespace edge
