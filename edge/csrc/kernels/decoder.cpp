@@ -232,27 +232,39 @@ void attend(const float* q, int rows, const int* len, const half_t* kt, const ha
     mix_rows(std::min(ROW_TILE, rows - r), scores + r * stride, stride, n, v, hd, out + r * hd);
 }
 
+// The calling thread's scratch buffer `slot`, at least n floats, grown as needed and never cleared: every
+// value is written before it is read. Fresh zeroed vectors per layer cost ~300 KB of allocation and memset a
+// layer in a verify pass over 13 positions.
+enum Slot { XN, Q, K, V, ATT, O, G, U, QG, AG, SCORES, SLOTS };
+float* scratch(Slot slot, size_t n) {
+  thread_local std::vector<float> buffers[SLOTS];
+  std::vector<float>& b = buffers[slot];
+  if (b.size() < n) b.resize(n);
+  return b.data();
+}
+
 void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int offset) {
   const int H = L.heads, KVH = L.kv_heads, hd = L.head_dim, half = hd / 2, F = p.q[4].N;
-  std::vector<float> xn(static_cast<size_t>(M) * D), q(static_cast<size_t>(M) * H * hd),
-      k(static_cast<size_t>(M) * KVH * hd), v(static_cast<size_t>(M) * KVH * hd), att(static_cast<size_t>(M) * H * hd),
-      o(static_cast<size_t>(M) * D), g(static_cast<size_t>(M) * F), u(static_cast<size_t>(M) * F);
+  const size_t m = static_cast<size_t>(M);
+  float *xn = scratch(XN, m * D), *q = scratch(Q, m * H * hd), *k = scratch(K, m * KVH * hd),
+        *v = scratch(V, m * KVH * hd), *att = scratch(ATT, m * H * hd), *o = scratch(O, m * D),
+        *g = scratch(G, m * F), *u = scratch(U, m * F);
   float* h = p.out;
-  std::copy(p.h, p.h + static_cast<size_t>(M) * D, h);
+  std::copy(p.h, p.h + m * D, h);
 
-  rms_norm(h, p.attn_norm, xn.data(), M, D, L.eps);
-  float* qkv[3] = {q.data(), k.data(), v.data()};
-  packed_gemm_many(xn.data(), M, p.q, qkv, 3);
+  rms_norm(h, p.attn_norm, xn, M, D, L.eps);
+  float* qkv[3] = {q, k, v};
+  packed_gemm_many(xn, M, p.q, qkv, 3);
   for (int i = 0; i < M; ++i) {
     const int pos = offset + i;
     const float *c = p.cos + static_cast<size_t>(pos) * half, *s = p.sin + static_cast<size_t>(pos) * half;
-    for (int hh = 0; hh < H; ++hh) rope(q.data() + (static_cast<size_t>(i) * H + hh) * hd, c, s, half);
+    for (int hh = 0; hh < H; ++hh) rope(q + (static_cast<size_t>(i) * H + hh) * hd, c, s, half);
     for (int kh = 0; kh < KVH; ++kh) {
-      float* kv = k.data() + (static_cast<size_t>(i) * KVH + kh) * hd;
+      float* kv = k + (static_cast<size_t>(i) * KVH + kh) * hd;
       rope(kv, c, s, half);
       half_t* kt = p.k_cache + static_cast<size_t>(kh) * hd * capacity + pos;
       for (int e = 0; e < hd; ++e) kt[static_cast<size_t>(e) * capacity] = static_cast<half_t>(kv[e]);
-      const float* vv = v.data() + (static_cast<size_t>(i) * KVH + kh) * hd;
+      const float* vv = v + (static_cast<size_t>(i) * KVH + kh) * hd;
       half_t* vt = p.v_cache + (static_cast<size_t>(kh) * capacity + pos) * hd;
       for (int e = 0; e < hd; ++e) vt[e] = static_cast<half_t>(vv[e]);
     }
@@ -263,44 +275,40 @@ void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int o
   // rows split in two took longer than on one core).
   const int group = H / KVH, rows = M * group;
   const int splits = std::max(1, std::min(rows / 4, (2 * pool_size() + KVH - 1) / KVH));
-  std::vector<float> qg(static_cast<size_t>(KVH) * rows * hd), ag(qg.size());
+  float *qg = scratch(QG, static_cast<size_t>(KVH) * rows * hd), *ag = scratch(AG, static_cast<size_t>(KVH) * rows * hd);
   for (int i = 0; i < M; ++i)
     for (int hh = 0; hh < H; ++hh) {
-      const float* from = q.data() + (static_cast<size_t>(i) * H + hh) * hd;
-      float* to = qg.data() + ((static_cast<size_t>(hh / group) * M + i) * group + hh % group) * hd;
+      const float* from = q + (static_cast<size_t>(i) * H + hh) * hd;
+      float* to = qg + ((static_cast<size_t>(hh / group) * M + i) * group + hh % group) * hd;
       for (int e = 0; e < hd; ++e) to[e] = from[e] * L.scale;
     }
   std::vector<int> lens(rows);
   for (int r = 0; r < rows; ++r) lens[r] = offset + r / group + 1; // row r is position r / group
   parallel_for(KVH * splits, static_cast<long>(M) * H * (offset + M) * hd * 2, [&](int begin, int end) {
-    std::vector<float> scores(static_cast<size_t>(rows) * ((offset + M + SPAN - 1) / SPAN * SPAN));
+    float* scores = scratch(SCORES, static_cast<size_t>(rows) * ((offset + M + SPAN - 1) / SPAN * SPAN));
     for (int item = begin; item < end; ++item) {
       const int kh = item / splits, part = item % splits;
       const int r0 = rows * part / splits, r1 = rows * (part + 1) / splits;
       const size_t at = (static_cast<size_t>(kh) * rows + r0) * hd;
       if (r1 > r0)
-        attend(qg.data() + at, r1 - r0, lens.data() + r0, p.k_cache + static_cast<size_t>(kh) * hd * capacity,
-             p.v_cache + static_cast<size_t>(kh) * capacity * hd, hd, capacity, scores.data(), ag.data() + at);
+        attend(qg + at, r1 - r0, lens.data() + r0, p.k_cache + static_cast<size_t>(kh) * hd * capacity,
+             p.v_cache + static_cast<size_t>(kh) * capacity * hd, hd, capacity, scores, ag + at);
     }
   });
   for (int i = 0; i < M; ++i)
     for (int hh = 0; hh < H; ++hh)
-      std::copy_n(ag.data() + ((static_cast<size_t>(hh / group) * M + i) * group + hh % group) * hd, hd,
-                  att.data() + (static_cast<size_t>(i) * H + hh) * hd);
-  packed_gemm(att.data(), M, p.q[3], o.data());
-  for (size_t i = 0; i < o.size(); ++i) h[i] += o[i];
+      std::copy_n(ag + ((static_cast<size_t>(hh / group) * M + i) * group + hh % group) * hd, hd,
+                  att + (static_cast<size_t>(i) * H + hh) * hd);
+  packed_gemm(att, M, p.q[3], o);
+  for (size_t i = 0; i < m * D; ++i) h[i] += o[i];
 
-  rms_norm(h, p.mlp_norm, xn.data(), M, D, L.eps);
-  float* gate_up[2] = {g.data(), u.data()};
-  packed_gemm_many(xn.data(), M, p.q + 4, gate_up, 2);
-  swiglu(g.data(), u.data(), g.size());
-  packed_gemm(g.data(), M, p.q[6], o.data());
-  for (size_t i = 0; i < o.size(); ++i) h[i] += o[i];
+  rms_norm(h, p.mlp_norm, xn, M, D, L.eps);
+  float* gate_up[2] = {g, u};
+  packed_gemm_many(xn, M, p.q + 4, gate_up, 2);
+  swiglu(g, u, m * F);
+  packed_gemm(g, M, p.q[6], o);
+  for (size_t i = 0; i < m * D; ++i) h[i] += o[i];
 }
-
-} // namespace
-
-namespace {
 
 // The checks of a layer's own weights (once per model).
 void check_weights(int D, const std::vector<array>& quantized, const LayerShape& shape) {
