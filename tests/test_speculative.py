@@ -493,3 +493,21 @@ def test_step_costs_are_fitted_over_every_step_and_recover_from_a_cold_first_one
         c.record(12, 12, t_draft=0.0, t_verify=true_sync + 12 * true_extra, strong=True)
     assert c.t_sync == pytest.approx(true_sync, rel=0.25) and c.t_extra == pytest.approx(true_extra, rel=0.5)
     assert c.t_sync + 12 * c.t_extra == pytest.approx(true_sync + 12 * true_extra, rel=0.02)
+
+
+def test_each_draft_length_keeps_its_own_measured_cost():
+    """Verify costs are not linear in k (edge's AVX-512 kernel splits a pass of 13 positions or more in two):
+    once steps of 12 or more drafts are measured slower than the line through the others, the controller stops
+    drafting past 11, even for proposals it expects to be right."""
+    sure = Acceptance(first=0.99, more=0.99, weight=50.0)
+    c = DraftLength(t_plain=0.005, t_sync=0.005, t_extra=0.0005, strong_accepts=sure)
+    assert c.choose(64, strong=True) == c.k_max  # the line alone: longer is better
+
+    def cost(k):
+        return 0.005 + k * 0.0005 + (0.004 if k >= 12 else 0.0)
+
+    for _ in range(6):
+        for k in range(1, c.k_max + 1):
+            c.record(k, k, t_draft=0.0, t_verify=cost(k), strong=True)
+    assert c.choose(64, strong=True) == 11
+    assert c.step_cost(12) == pytest.approx(cost(12), rel=0.1)

@@ -70,7 +70,7 @@ class AutoDrafter:
         c = self.controller
         if c is None or c.t_plain is None or c.t_sync is None or self.t_second is None:
             return True  # not measured yet: try it
-        rate = expected_rate(self.accepts, k, self.t_second, c.t_sync, c.t_extra or 0.0)
+        rate = expected_rate(self.accepts, k, self.t_second, c.step_cost(k))
         return rate > 1.02 / c.t_plain
 
     def propose(self, tokens: list[int], k: int, distribution) -> tuple[list[int], mx.array | None]:
