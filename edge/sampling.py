@@ -77,9 +77,7 @@ def make_sampler(s: Sampling) -> Sampler:
     from mlx_lm.sample_utils import make_sampler as mlx_lm_sampler
 
     if s.temperature == 0:
-        from .kernels.argmax import argmax
-
-        return argmax
+        return lambda logits: mx.argmax(logits, axis=-1)
     top_p = 0.0 if s.top_p >= 1.0 else s.top_p  # mlx-lm treats 0 as "off"
     sample = mlx_lm_sampler(temp=s.temperature, top_p=top_p, min_p=s.min_p, top_k=s.top_k)
     return lambda logits: sample(logits - mx.logsumexp(logits, axis=-1, keepdims=True))

@@ -15,7 +15,6 @@ import mlx.core as mx
 
 from ..cache import common_prefix, trim_to
 from ..errors import EdgeError
-from ..kernels.argmax import argmax
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -141,7 +140,7 @@ class ModelDrafter:
             logits = self.module(mx.array(feed)[None], cache=self.cache)[0, -1]
             self.cached += feed
             if distribution is None:
-                token = argmax(logits)
+                token = mx.argmax(logits)
             else:
                 q = distribution(logits - mx.logsumexp(logits))
                 qs.append(q)

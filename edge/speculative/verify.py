@@ -11,13 +11,12 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from ..kernels.argmax import argmax
-
 
 def accept_greedy(logits: mx.array, drafts: list[int]) -> tuple[int, int]:
-    """(accepted count, next token) for argmax decoding; logits is (len(drafts) + 1, vocab). The same argmax as
-    plain greedy decoding's sampler (the first of equal maxima)."""
-    best = argmax(logits).tolist()
+    """(accepted count, next token) for argmax decoding; logits is (len(drafts) + 1, vocab). NumPy's argmax is
+    vectorised (MLX's CPU one is scalar: 0.4 ms for 8 rows of a 49k vocabulary, against 0.02 ms); both take the
+    first of equal maxima, as plain greedy decoding does."""
+    best = np.asarray(logits).argmax(axis=-1).tolist()
     n = 0
     while n < len(drafts) and drafts[n] == best[n]:
         n += 1

@@ -3,7 +3,6 @@
 #include <nanobind/stl/variant.h>
 #include <nanobind/stl/vector.h>
 
-#include "argmax.h"
 #include "decoder.h"
 #include "quantized.h"
 
@@ -38,13 +37,6 @@ NB_MODULE(_edge_kernels, m) {
       nb::kw_only(),
       "stream"_a = nb::none(),
       "dequantize(w)[ids] in fp32 (an embedding lookup), for weights in edge's packed layout.");
-  m.def(
-      "argmax_rows",
-      &edge::argmax_rows,
-      "x"_a,
-      nb::kw_only(),
-      "stream"_a = nb::none(),
-      "argmax over the last axis (int32), the first of equal maxima, vectorised (MLX's CPU argmax is scalar).");
   m.def("simd", &edge::simd_name, "The vector unit the kernels were compiled for.");
   nb::class_<edge::DecoderStack>(m, "DecoderStack", "A model's decoder layers, checked once, built in one call.")
       .def(nb::init<mlx::core::array, mlx::core::array>(), "cos"_a, "sin"_a)
