@@ -3,8 +3,9 @@
 On a CPU, MLX spends a few microseconds on every graph node; a 30-layer model's token is ~1000 nodes, which
 costs more than its 4-bit products. `fuse(model)` gives the model a forward pass that runs each layer as one
 primitive (norms, the seven quantized products, RoPE, attention over a KV cache it writes in place, SwiGLU),
-all built by one call of the kernel's `DecoderStack`, when called with the caches from its `make_cache()`; called otherwise (no cache, or mlx-lm's
-caches) it is mlx-lm's own forward, which stays the reference the fused one is tested against.
+all built by one call of the kernel's `DecoderStack`, when called with the caches from its `make_cache()`;
+called otherwise (no cache, or mlx-lm's caches) it is mlx-lm's own forward, which stays the reference the
+fused one is tested against.
 """
 
 from __future__ import annotations

@@ -275,7 +275,8 @@ void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int o
   // rows split in two took longer than on one core).
   const int group = H / KVH, rows = M * group;
   const int splits = std::max(1, std::min(rows / 4, (2 * pool_size() + KVH - 1) / KVH));
-  float *qg = scratch(QG, static_cast<size_t>(KVH) * rows * hd), *ag = scratch(AG, static_cast<size_t>(KVH) * rows * hd);
+  const size_t grouped = static_cast<size_t>(KVH) * rows * hd;
+  float *qg = scratch(QG, grouped), *ag = scratch(AG, grouped);
   for (int i = 0; i < M; ++i)
     for (int hh = 0; hh < H; ++hh) {
       const float* from = q + (static_cast<size_t>(i) * H + hh) * hd;
