@@ -218,6 +218,8 @@ def test_the_decoder_stack_refuses_caches_that_do_not_fit(quantized_models):
         stack(mx.zeros((8, width)), [k.astype(mx.float32) for k in keys], values, offsets)
     with pytest.raises(ValueError, match="the layers' width"):
         stack(mx.zeros((8, width + 16)), keys, values, offsets)
+    with pytest.raises(ValueError, match=r"h must be \(M, D\) fp32"):
+        stack(mx.zeros((8, width), dtype=mx.float16), keys, values, offsets)
 
 
 def test_fused_attention_over_a_long_context(quantized_models):

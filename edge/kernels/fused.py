@@ -143,20 +143,20 @@ def fuse(model: nn.Module, context: int) -> bool:
         def __call__(self, inputs, cache=None, **kwargs):
             if not cache or not isinstance(cache[0], LayerCache) or inputs.shape[0] != 1:
                 return base.__call__(self, inputs, cache=cache, **kwargs)
-            return _forward(self, self.decoder_stack, inputs, cache)
+            return _forward(self, inputs, cache)
 
     Fused.__name__ = Fused.__qualname__ = f"Fused{base.__name__}"
     model.__class__ = Fused
     return True
 
 
-def _forward(model, stack, inputs: mx.array, cache: list[LayerCache]) -> mx.array:
+def _forward(model, inputs: mx.array, cache: list[LayerCache]) -> mx.array:
     inner = model.model
     n = inputs.shape[1]
     h = inner.embed_tokens(inputs[0]).astype(mx.float32)
     for c in cache:
         c.reserve(n)
-    h = stack(h, [c.keys for c in cache], [c.values for c in cache], [c.offset for c in cache])
+    h = model.decoder_stack(h, [c.keys for c in cache], [c.values for c in cache], [c.offset for c in cache])
     for c in cache:
         c.offset += n
         c.last = h  # evaluating the last layer's output runs every layer's cache writes

@@ -324,11 +324,9 @@ void check_weights(int D, const std::vector<array>& quantized, const LayerShape&
                  shape.group_sizes[i], shape.bits[i]);
 }
 
-// The checks of one call: the activations, and the cache and RoPE table against the new positions.
-void check_call(const array& h, const array& cos, const array& k_cache, const array& v_cache, const LayerShape& shape,
-                int offset) {
-  if (h.ndim() != 2 || h.dtype() != float32) throw std::invalid_argument("DecoderStack: h must be (M, D) fp32");
-  const int M = h.shape(0);
+// The checks of one layer's cache (and the RoPE table) against M new positions from offset.
+void check_cache(int M, const array& cos, const array& k_cache, const array& v_cache, const LayerShape& shape,
+                 int offset) {
   if (v_cache.ndim() != 3 || v_cache.shape(0) != shape.kv_heads || v_cache.shape(2) != shape.head_dim ||
       k_cache.shape() != Shape{shape.kv_heads, shape.head_dim, v_cache.shape(1)} || k_cache.dtype() != float16 ||
       v_cache.dtype() != float16)
@@ -360,13 +358,15 @@ array DecoderStack::operator()(const array& h, const std::vector<array>& keys, c
   const size_t n = layers_.size();
   if (keys.size() != n || values.size() != n || offsets.size() != n)
     throw std::invalid_argument("DecoderStack: give one key cache, value cache and offset per layer");
-  if (n && h.ndim() == 2 && h.shape(1) != static_cast<int>(layers_[0].attn_norm.size()))
+  // every layer keeps h's shape and type: checked once, not per layer
+  if (h.ndim() != 2 || h.dtype() != float32) throw std::invalid_argument("DecoderStack: h must be (M, D) fp32");
+  if (n && h.shape(1) != static_cast<int>(layers_[0].attn_norm.size()))
     throw std::invalid_argument("DecoderStack: h must be (M, D) with D the layers' width");
   const Stream stream = to_stream(s);
   array x = h;
   for (size_t i = 0; i < n; ++i) {
     const Layer& L = layers_[i];
-    check_call(x, cos_, keys[i], values[i], L.shape, offsets[i]);
+    check_cache(h.shape(0), cos_, keys[i], values[i], L.shape, offsets[i]);
     x = layer_node(x, L.attn_norm, L.mlp_norm, cos_, sin_, keys[i], values[i], L.quantized, L.shape, offsets[i],
                    stream);
   }
