@@ -31,7 +31,7 @@ def test_acceptance_is_estimated_in_two_stages():
     assert 0.25 < a.value < 0.45 and a.continued > 0.9  # decayed counts: recent proposals weigh more
     assert a.expected_tokens(0) == 1.0
     assert a.expected_tokens(4) == pytest.approx(1 + a.value * (1 - a.continued**4) / (1 - a.continued))
-    c = DraftLength(t_plain=0.010, t_sync=0.010, t_extra=0.001, accepts=a)
+    c = DraftLength(t_plain=0.010, t_sync=0.010, t_extra=0.001, accepts=[a])
     assert c.choose(8) == 8  # worth drafting long, although two proposals in three fail at once
 
 
@@ -44,31 +44,31 @@ def test_a_drafter_starts_from_what_its_last_request_measured():
 
     module, drafter = SimpleNamespace(), PromptLookup()
     first = controller_for(module, drafter)
-    assert first.accepts.value == pytest.approx(0.6) and first.t_plain is None  # the priors, nothing measured
+    assert first.accepts[0].value == pytest.approx(0.6) and first.t_plain is None  # the priors, nothing measured
     first.t_plain, first.t_sync = 0.010, 0.0105
     for _ in range(10):
         first.record(4, 0, t_draft=0.002, t_verify=0.02)
     first.burst = 64  # speculation was off, the next probe 64 plain tokens away
     remember(module, drafter, first)
     second = controller_for(module, drafter)
-    assert second.accepts.value == first.accepts.value < 0.2
+    assert second.accepts[0].value == first.accepts[0].value < 0.2
     assert (second.t_plain, second.t_sync, second.t_draft) == (first.t_plain, first.t_sync, first.t_draft)
     assert second.burst == 64
     second.record(4, 4, t_draft=0.0, t_verify=0.02)
-    assert second.accepts.value > first.accepts.value  # a copy
-    assert controller_for(module, PromptLookup()).accepts.value == pytest.approx(0.6)  # another drafter: priors
+    assert second.accepts[0].value > first.accepts[0].value  # a copy
+    assert controller_for(module, PromptLookup()).accepts[0].value == pytest.approx(0.6)  # another drafter: priors
 
 
-def test_weak_and_strong_proposals_are_judged_apart():
-    """Rejected single-token lookups switch weak proposals off; long matches (92% first-token acceptance on
-    SmolLM2's prompts) keep drafting, with their own estimate."""
+def test_each_tier_of_proposal_is_judged_apart():
+    """Rejected single-token lookups switch tier 0 off; longer matches (79-96% first-token acceptance on
+    SmolLM2's prompts) keep drafting, each tier with its own estimate."""
     c = DraftLength(t_plain=0.010, t_sync=0.0105)
     for _ in range(6):
         c.record(4, 0, t_draft=0.0, t_verify=0.02)  # weak proposals, all rejected
-    assert c.choose(64) == 0 and c.choose(64, strong=True) >= 4
+    assert c.choose(64) == 0 and c.choose(64, tier=1) >= 2 and c.choose(64, tier=2) >= 4
     for _ in range(10):
-        c.record(4, 0, t_draft=0.0, t_verify=0.02, strong=True)  # and when strong ones fail too
-    assert c.choose(64, strong=True) == 0
+        c.record(4, 0, t_draft=0.0, t_verify=0.02, tier=2)  # and when the surest ones fail too
+    assert c.choose(64, tier=2) == 0 and c.choose(64, tier=1) >= 2
 
 
 def test_one_slow_step_moves_the_cost_estimates_a_bounded_amount():
@@ -89,7 +89,7 @@ def test_step_costs_are_fitted_over_every_step_and_recover_from_a_cold_first_one
         c.record(k, k // 2, t_draft=0.0, t_verify=true_sync + k * true_extra)
     assert c.t_sync == pytest.approx(true_sync, rel=0.25) and c.t_extra == pytest.approx(true_extra, rel=0.5)
     for _ in range(40):
-        c.record(12, 12, t_draft=0.0, t_verify=true_sync + 12 * true_extra, strong=True)
+        c.record(12, 12, t_draft=0.0, t_verify=true_sync + 12 * true_extra, tier=2)
     assert c.t_sync == pytest.approx(true_sync, rel=0.25) and c.t_extra == pytest.approx(true_extra, rel=0.5)
     assert c.t_sync + 12 * c.t_extra == pytest.approx(true_sync + 12 * true_extra, rel=0.02)
 
@@ -99,14 +99,14 @@ def test_each_draft_length_keeps_its_own_measured_cost():
     once steps of 12 or more drafts are measured slower than the line through the others, the controller stops
     drafting past 11, even for proposals it expects to be right."""
     sure = Acceptance(first=0.99, more=0.99, weight=50.0)
-    c = DraftLength(t_plain=0.005, t_sync=0.005, t_extra=0.0005, strong_accepts=sure)
-    assert c.choose(64, strong=True) == 12  # the line alone: longer is better
+    c = DraftLength(t_plain=0.005, t_sync=0.005, t_extra=0.0005, accepts=[sure])
+    assert c.choose(64) == 12  # the line alone: longer is better
 
     def cost(k):
         return 0.005 + k * 0.0005 + (0.004 if k >= 12 else 0.0)
 
     for _ in range(6):
         for k in range(1, c.k_max + 1):
-            c.record(k, k, t_draft=0.0, t_verify=cost(k), strong=True)
-    assert c.choose(64, strong=True) == 11
+            c.record(k, k, t_draft=0.0, t_verify=cost(k))
+    assert c.choose(64) == 11
     assert c.step_cost(12) == pytest.approx(cost(12), rel=0.1)

@@ -287,14 +287,15 @@ def test_a_draft_spec_is_built_once_per_model(target):
     assert done.stats.draft is not None and target._drafter_for("self:4") is first
 
 
-def test_prompt_lookup_matches_and_strength():
+def test_prompt_lookup_matches_and_tiers():
     look = PromptLookup()
     tokens = [1, 2, 3, 4, 5, 6, 9, 9, 2, 3, 4, 5]
     assert look.propose(tokens, 3)[0] == [6, 9, 9]  # 4-gram 2 3 4 5 seen before: continue it
-    assert look.strong(tokens)
+    assert look.tier(tokens) == 2
     weak = [1, 2, 3, 7, 8, 3]
-    assert look.propose(weak, 2)[0] == [7, 8] and not look.strong(weak)  # a single-token match
-    assert look.propose([1, 2, 3], 4)[0] == [] and not look.strong([1, 2, 3])
+    assert look.propose(weak, 2)[0] == [7, 8] and look.tier(weak) == 0  # a single-token match
+    assert look.propose([9, 2, 3, 7, 2, 3], 2)[0] == [7, 2] and look.tier([9, 2, 3, 7, 2, 3]) == 1  # two tokens
+    assert look.propose([1, 2, 3], 4)[0] == [] and look.tier([1, 2, 3]) == 0
     assert look.propose([5, 6, 5, 6, 5], 8)[0] == [6, 5]  # the most recent occurrence, cut at the end
 
 

@@ -42,8 +42,8 @@ class AutoDrafter:
         """The loop's controller, whose measured verify costs decide whether the second drafter pays."""
         self.controller = controller
 
-    def strong(self, tokens: list[int]) -> bool:
-        return self.lookup.strong(tokens)
+    def tier(self, tokens: list[int]) -> int:
+        return self.lookup.tier(tokens)
 
     def prepare(self, tokens: list[int]) -> None:
         self._pending = None  # the last request's drafts are not this one's to account

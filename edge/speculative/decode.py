@@ -74,7 +74,7 @@ def speculative_token_stream(
         drafter.attach(controller)  # auto's second drafter is judged with the loop's measured verify costs
     distribution = make_distribution(sampling)
     sampler = make_sampler(sampling)
-    strong_match = getattr(drafter, "strong", lambda tokens: False)
+    tier_of = getattr(drafter, "tier", None)  # a drafter that grades its proposals (prompt lookup)
     rng = np.random.default_rng(sampling.seed)
     tokens = list(history)  # settled tokens; the last one is not yet in the target cache
     prefill(module, mx.array(prompt), cache)
@@ -82,13 +82,13 @@ def speculative_token_stream(
     produced = 0
     try:
         while produced < max_tokens:
-            strong = strong_match(tokens)
-            k = controller.choose(max_tokens - produced - 1, strong)  # drafts beyond max_tokens would be wasted
+            tier = tier_of(tokens) if tier_of else 0
+            k = controller.choose(max_tokens - produced - 1, tier)  # drafts beyond max_tokens would be wasted
             burst = controller.plain_burst(max_tokens - produced) if k == 0 else 0
             if burst:  # speculation is off: decode plainly with the next step queued, as generate does
-                # ... until prompt lookup finds a strong match (the burst then stops queueing: nothing wasted),
-                # unless it had one already (which was just judged not to pay)
-                stop = (lambda seen=tokens: strong_match(seen)) if hasattr(drafter, "strong") and not strong else None
+                # ... until prompt lookup finds a match of a higher tier than the one just judged not to pay
+                # (the burst then stops queueing: nothing wasted)
+                stop = (lambda seen=tokens, now=tier: tier_of(seen) > now) if tier_of else None
                 for token in _plain_burst(module, tokens, cache, sampler, processors, burst, stop, controller, stats):
                     produced += 1
                     yield token
@@ -108,9 +108,7 @@ def speculative_token_stream(
             if len(drafts) > n:
                 trim_prompt_cache(cache, len(drafts) - n)  # roll back the rejected positions
             end = time.perf_counter()
-            controller.record(
-                len(drafts), n, mid - start - getattr(drafter, "self_accounted_s", 0.0), end - mid, strong
-            )
+            controller.record(len(drafts), n, mid - start - getattr(drafter, "self_accounted_s", 0.0), end - mid, tier)
             stats.record(len(drafts), n, mid - start, end - mid)
             new = drafts[:n] + [nxt]
             tokens += new

@@ -4,6 +4,8 @@ Every drafter has three verbs: `prepare(tokens)` before the first step (a draft 
 there, outside the per-step timing), `propose(tokens, k)` returns up to k draft ids and, for sampling, the
 draft distribution each was drawn from (None means deterministic: q is one-hot), and `sync(tokens)` tells
 it the history the target settled on, so a drafter with a KV cache can roll back to the common prefix.
+A drafter may also grade its next proposal, `tier(tokens)` (0 the least sure): the loop judges each tier's
+drafts apart.
 """
 
 from __future__ import annotations
@@ -36,21 +38,22 @@ class PromptLookup:
 
     No model: the n-grams of the history are indexed as it grows (a dictionary per n from each n-gram to its
     latest start), so a step's search is a few lookups, not a scan (a NumPy scan of a few hundred tokens
-    cost 0.3 ms a step, 6% of a decode step). A match of `strong_ngram` tokens or more is "strong": on
-    SmolLM2's benchmark prompts its first drafted token was right 92% of the time, against 12-33% for a
-    single-token match, so the loop judges the two kinds apart.
+    cost 0.3 ms a step, 6% of a decode step). Proposals come in tiers by the length of the match (`tiers`),
+    which the loop judges apart: on SmolLM2's benchmark prompts the first drafted token of a single-token
+    match was right 12-33% of the time, of a two- or three-token match 45-79%, of a longer one 79-96%.
     """
 
     max_ngram: int = 5
     min_ngram: int = 1
-    strong_ngram: int = 4
+    tiers: tuple[int, ...] = (2, 4)
+    """Match lengths at which a proposal moves up a tier (tier 0 below the first)."""
     name: str = "lookup"
     first_k: int = 4
     """Proposals are free, so the first step can draft several (on a CPU with edge's kernels verifying 2
     positions costs ~10% more than 1, each further one ~15-20%: a 1-token probe would misjudge the cost)."""
 
     _last: tuple = field(default=(None, -1, (0, 0)), repr=False, compare=False)
-    """The last search: the loop asks whether a match is strong, then for its drafts, on the same history."""
+    """The last search: the loop asks for a match's tier, then for its drafts, on the same history."""
     _index: dict = field(default_factory=dict, repr=False, compare=False)
     """n -> {n-gram: start of its latest occurrence that has a token after it}, for the history below."""
     _indexed: tuple = field(default=(None, 0, None), repr=False, compare=False)
@@ -92,8 +95,9 @@ class PromptLookup:
         n, start = self._match(tokens) if k > 0 else (0, 0)
         return (tokens[start + n : start + n + k] if n else []), None
 
-    def strong(self, tokens: list[int]) -> bool:
-        return self._match(tokens)[0] >= self.strong_ngram
+    def tier(self, tokens: list[int]) -> int:
+        n = self._match(tokens)[0]
+        return sum(n >= t for t in self.tiers)
 
     def prepare(self, tokens: list[int]) -> None:
         pass
