@@ -110,11 +110,18 @@ void quantize_x(const float* x, int M, int K, int gs, QuantX& out) {
 
 // Vector types: 16 int32 lanes (one panel) with AVX-512, 8 (half a panel) with AVX2. TILE = rows x units
 // held in registers at once (accumulators: 2 * TILE vectors of 32 / 16 registers); ROWS = the most rows in
-// one group, one unit at a time (AVX-512: 12 rows keep 24 accumulators in registers; measured on SmolLM2's
-// shapes, 16 rows spill and run slower than two groups of 8).
+// one group (AVX-512: 12 rows keep 24 accumulators in registers; measured on SmolLM2's shapes, 16 rows spill
+// and run slower than two groups of 8); units(R) = the units of a tile of R rows.
 #if EDGE_AVX512
 struct Vec {
   static constexpr int LANES = 16, TILE = 8, ROWS = 12;
+  // A tile of one unit broadcasts each row's activation pair from memory once per vpdpwssd; two units share
+  // it. 5 to 7 rows then keep 2R fp32 sums (partly spilled) and still ran 15-18% faster in cache, 8-10%
+  // faster in SmolLM2's forward pass over 5 to 7 positions (13 positions, as 7 + 6 rows: 5%). 8 rows and
+  // more gained nothing.
+  static constexpr int units(int R) {
+    return R <= 4 ? TILE / R : R <= 7 ? 2 : 1;
+  }
   using I = __m512i;
   using F = __m512;
   static I load(const uint8_t* p) {
@@ -171,6 +178,9 @@ struct Vec {
 #else
 struct Vec {
   static constexpr int LANES = 8, TILE = 4, ROWS = 4;
+  static constexpr int units(int R) {
+    return R >= TILE ? 1 : TILE / R;
+  }
   using I = __m256i;
   using F = __m256;
   static I load(const uint8_t* p) {
@@ -228,10 +238,14 @@ struct Vec {
 #endif
 
 constexpr int UNITS_PER_PANEL = PANEL / Vec::LANES;
-// How far ahead a tile of two or more rows asks for its weights (and their scales and biases). The hardware
-// prefetcher stops at 4 KB pages and does not keep up with a stream consumed this slowly: without this a
-// verify pass over 8 positions ran at half its in-cache speed once SmolLM2's weights (~100 MB) came from
-// memory. A single row streams fast enough for the hardware's own prefetch (and is bandwidth-bound).
+// How far ahead a tile asks for its weights (and their scales and biases): in each of its C streams (one
+// per unit), and near its last block in the next tile's, which start C panels on. The hardware prefetcher
+// stops at 4 KB pages and does not keep up: without this a verify pass over 8 positions ran at half its
+// in-cache speed once SmolLM2's weights (~100 MB) came from memory. Asking past a tile's end for the next
+// panel, as this once did, fetched what a tile of several units reads itself and left the next tile to start
+// cold; single rows asked for nothing. Measured with the weights in memory (1536 x 576, 4-bit, 2 cores): one
+// row 1.45x faster, 2 to 4 rows 1.5x to 1.8x; SmolLM2's forward pass over 1 / 2 / 4 positions 12% / 14% / 17%
+// faster (plain decoding 16%).
 constexpr int PREFETCH_BYTES = 2048;
 
 // One t (0..15) of a block: acc[r][c] += (q[2t], q[2t+1]) . (x[2t], x[2t+1]) for every row and unit.
@@ -261,14 +275,15 @@ void tile(const PackedWeight& w, const QuantX& qx, float* y, int m0, int u0) {
     for (int c = 0; c < C; ++c) f[r][c] = Vec::fzero();
   const Vec::I mask = Vec::words(BITS == 4 ? 0x000F : 0x00FF);
   for (int j = 0; j < blocks; ++j) {
-    if constexpr (R >= 2) {
-      const int ahead = (j + PREFETCH_BYTES / bb) / per_group;
-      for (int c = 0; c < C; ++c) {
-        for (int line = 0; line < bb; line += 64)
-          __builtin_prefetch(wp[c] + static_cast<size_t>(j) * bb + PREFETCH_BYTES + line);
-        __builtin_prefetch(sp[c] + ahead * PANEL);
-        __builtin_prefetch(bp[c] + ahead * PANEL);
-      }
+    // PREFETCH_BYTES on; past this tile's last block, into the next tile's streams (`beyond`: the panels
+    // between, which this tile reads itself)
+    const int jb = j + PREFETCH_BYTES / bb, beyond = jb >= blocks ? std::max(1, C / UNITS_PER_PANEL) - 1 : 0;
+    const size_t at = static_cast<size_t>(jb + beyond * blocks) * bb;
+    const int ahead = jb / per_group + beyond * G;
+    for (int c = 0; c < C; ++c) {
+      for (int line = 0; line < bb; line += 64) __builtin_prefetch(wp[c] + at + line);
+      __builtin_prefetch(sp[c] + ahead * PANEL);
+      __builtin_prefetch(bp[c] + ahead * PANEL);
     }
     const int16_t* xq[R];
     for (int r = 0; r < R; ++r) xq[r] = qx.q.data() + static_cast<size_t>(m0 + r) * w.K + j * 32;
@@ -325,10 +340,10 @@ void tile(const PackedWeight& w, const QuantX& qx, float* y, int m0, int u0) {
   }
 }
 
-// Units [u0, u1) of one product for R-row groups from m0 (C = TILE / R units at a time, at least one).
+// Units [u0, u1) of one product for R-row groups from m0, Vec::units(R) at a time.
 template <int BITS, int R, typename S>
 void row_group(const PackedWeight& w, const QuantX& qx, float* y, int m0, int u0, int u1) {
-  constexpr int C = R >= Vec::TILE ? 1 : Vec::TILE / R;
+  constexpr int C = Vec::units(R);
   int u = u0;
   for (; u + C <= u1; u += C) tile<BITS, R, C, S>(w, qx, y, m0, u);
   for (; u < u1; ++u) tile<BITS, R, 1, S>(w, qx, y, m0, u);
