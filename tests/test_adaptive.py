@@ -69,6 +69,7 @@ def test_each_tier_of_proposal_is_judged_apart():
     for _ in range(10):
         c.record(4, 0, t_draft=0.0, t_verify=0.02, tier=2)  # and when the surest ones fail too
     assert c.choose(64, tier=2) == 0 and c.choose(64, tier=1) >= 2
+    assert c.choose(64, tier=5) == 0  # a drafter's tiers past the priors' share the last one's estimate
 
 
 def test_one_slow_step_moves_the_cost_estimates_a_bounded_amount():

@@ -218,7 +218,7 @@ class DraftLength:
         if self.t_extra is None:  # never drafted yet: measure it
             return min(self.k_start, limit)
         best_k, best_rate = 0, 1.0 / self.t_plain
-        acceptance = self.accepts[tier]
+        acceptance = self.tier_accepts(tier)
         for k in range(1, min(self.k_max, limit) + 1):
             rate = expected_rate(acceptance, k, self.t_draft or 0.0, self.step_cost(k))
             if rate > best_rate * 1.02:  # demand a small margin: noise should not switch drafting on
@@ -231,6 +231,10 @@ class DraftLength:
             self.steps_off = 0
             self.burst = self.probe_every
         return best_k
+
+    def tier_accepts(self, tier: int) -> Acceptance:
+        """The acceptance of a tier; a drafter's tiers past the priors' share the last one."""
+        return self.accepts[max(0, min(tier, len(self.accepts) - 1))]
 
     def step_cost(self, k: int) -> float:
         """Seconds of a synchronous target pass over k drafts (the last token's position, plus k)."""
@@ -263,7 +267,7 @@ class DraftLength:
         if drafted == 0:
             return
         self.history[accepted] = self.history.get(accepted, 0) + 1
-        self.accepts[tier].record(drafted, accepted)
+        self.tier_accepts(tier).record(drafted, accepted)
         self.t_draft = self._avg(self.t_draft, t_draft / drafted)
 
 
