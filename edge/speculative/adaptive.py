@@ -4,7 +4,8 @@ With acceptance a1 of the first drafted token and a of each further one (given t
 accepted), a step that drafts k tokens yields E(k) = 1 + a1 * (1 - a^k) / (1 - a) tokens and costs
 k * t_draft + t_sync + k * t_extra (one synchronous target pass over k + 1 positions). Plain decoding
 yields 1 token per t_plain, and runs pipelined (`generate.token_stream` queues step n + 1 before handing out
-token n), so t_plain < t_sync: that is the rate drafting must beat. The first request on a model starts with
+token n; on a GPU that makes t_plain < t_sync, on 2 CPU cores they measure about the same): that is the
+rate drafting must beat. The first request on a model starts with
 a few pipelined plain tokens (measuring t_plain), then one synchronous step (t_sync), then drafts; later
 requests start from the costs the last one measured, and a drafter from its own last cost and acceptance
 (`controller_for`). A drafter that grades its proposals in tiers (prompt lookup: by the length of the
