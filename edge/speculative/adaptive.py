@@ -1,19 +1,18 @@
 """Adaptive draft length: pick k to maximise expected tokens per second from measured acceptance and costs.
 
 With acceptance a1 of the first drafted token and a of each further one (given the ones before it were
-accepted), a step that drafts k tokens yields E(k) = 1 + a1 * (1 - a^k) / (1 - a) tokens and costs
-k * t_draft + t_sync + k * t_extra (one synchronous target pass over k + 1 positions). Plain decoding
-yields 1 token per t_plain, and runs pipelined (`generate.token_stream` queues step n + 1 before handing out
-token n; on a GPU that makes t_plain < t_sync, on 2 CPU cores they measure about the same): that is the
-rate drafting must beat. The first request on a model starts with
-a few pipelined plain tokens (measuring t_plain), then one synchronous step (t_sync), then drafts; later
-requests start from the costs the last one measured, and a drafter from its own last cost and acceptance
-(`controller_for`). A drafter that grades its proposals in tiers (prompt lookup: by the length of the
-match) has each tier judged with its own acceptance. When no k > 0 beats plain, speculation is off for the
-request: the loop decodes plainly, pipelined, for `probe_every` tokens (twice as many after each probe that
-finds drafting still not paying, up to `max_burst`), or until the drafter has a proposal of a higher tier,
-then tries k = 1 again to re-measure, unless even perfect acceptance could not pay (t_draft + t_extra >=
-t_plain). t_sync and t_extra are fitted together over every synchronous step
+accepted), a step that drafts k tokens yields E(k) = 1 + a1 * (1 - a^k) / (1 - a) tokens and costs k * t_draft
++ t_sync + k * t_extra (one synchronous target pass over k + 1 positions). Plain decoding yields 1 token per
+t_plain, and runs pipelined (`generate.token_stream` queues step n + 1 before handing out token n; on a GPU
+that makes t_plain < t_sync, on 2 CPU cores they measure about the same): that is the rate drafting must beat.
+The first request on a model starts with a few pipelined plain tokens (measuring t_plain), then one
+synchronous step (t_sync), then drafts; later requests start from the costs the last one measured, and a
+drafter from its own last cost and acceptance (`controller_for`). A drafter that grades its proposals in tiers
+(prompt lookup: by the length of the match) has each tier judged with its own acceptance. When no k > 0 beats
+plain, speculation is off for the request: the loop decodes plainly, pipelined, for `probe_every` tokens
+(twice as many after each probe that finds drafting still not paying, up to `max_burst`), or until the drafter
+has a proposal of a higher tier, then tries k = 1 again to re-measure, unless even perfect acceptance could
+not pay (t_draft + t_extra >= t_plain). t_sync and t_extra are fitted together over every synchronous step
 (`VerifyCost`), not read off the rare steps that draft nothing.
 """
 
@@ -235,7 +234,7 @@ class DraftLength:
 
     def tier_accepts(self, tier: int) -> Acceptance:
         """The acceptance of a tier; a drafter's tiers past the priors' share the last one."""
-        return self.accepts[max(0, min(tier, len(self.accepts) - 1))]
+        return self.accepts[min(tier, len(self.accepts) - 1)]
 
     def step_cost(self, k: int) -> float:
         """Seconds of a synchronous target pass over k drafts (the last token's position, plus k)."""
