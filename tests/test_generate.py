@@ -48,11 +48,15 @@ def llama(mlx_models):
     return edge.load(mlx_models["llama"])
 
 
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "step-by-step"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
-def test_greedy_tokens_equal_mlx_lm(arch, mlx_models):
+def test_greedy_tokens_equal_mlx_lm(arch, pipelined, mlx_models, monkeypatch):
+    """Both decode loops (`generate.pipelines`: a GPU queues the next step, edge's fused layers on a CPU do not)
+    give mlx-lm's tokens."""
     from mlx_lm import load as mlx_lm_load
     from mlx_lm import stream_generate
 
+    monkeypatch.setattr(edge.generate, "pipelines", lambda module: pipelined)
     model = edge.load(mlx_models[arch])
     prompt = model.tokenizer.encode("Once upon a time there was")
     done = [e for e in model.stream(prompt, max_tokens=24) if isinstance(e, edge.Done)][0]

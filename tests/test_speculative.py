@@ -291,22 +291,27 @@ def test_prompt_lookup_matches_and_tiers():
     look = PromptLookup()
     tokens = [1, 2, 3, 4, 5, 6, 9, 9, 2, 3, 4, 5]
     assert look.propose(tokens, 3)[0] == [6, 9, 9]  # 4-gram 2 3 4 5 seen before: continue it
-    assert look.tier(tokens) == 2
-    weak = [1, 2, 3, 7, 8, 3]
-    assert look.propose(weak, 2)[0] == [7, 8] and look.tier(weak) == 0  # a single-token match
-    assert look.propose([9, 2, 3, 7, 2, 3], 2)[0] == [7, 2] and look.tier([9, 2, 3, 7, 2, 3]) == 1  # two tokens
+    assert look.tier(tokens) == 3
+    single = [1, 2, 3, 7, 8, 3]
+    assert look.propose(single, 2)[0] == [7, 8] and look.tier(single) == 1  # a single-token match
+    assert look.propose([9, 2, 3, 7, 2, 3], 2)[0] == [7, 2] and look.tier([9, 2, 3, 7, 2, 3]) == 2  # two tokens
     assert look.propose([1, 2, 3], 4)[0] == [] and look.tier([1, 2, 3]) == 0
+    ambiguous = [3, 7, 1, 3, 8, 2, 3]  # 3 was followed by 7, then by 8: the latest is proposed, in tier 0
+    assert look.propose(ambiguous, 2)[0] == [8, 2] and look.tier(ambiguous) == 0
+    assert look.tier(ambiguous + [8]) == 2  # 3 8 has one continuation
+    assert look.tier([3, 7, 1, 3, 7, 2, 3]) == 1  # followed by 7 twice: not ambiguous
     assert look.propose([5, 6, 5, 6, 5], 8)[0] == [6, 5]  # the most recent occurrence, cut at the end
 
 
-def _latest_longest_match(tokens: list[int], max_ngram: int = 5) -> tuple[int, int]:
+def _latest_longest_match(tokens: list[int], max_ngram: int = 5) -> tuple[int, int, bool]:
     """Reference for prompt lookup's search, by brute force: the longest suffix n-gram seen before (ending
-    before the last token), at its latest start."""
+    before the last token), at its latest start, and whether its occurrences were followed by different
+    tokens."""
     for n in range(min(max_ngram, len(tokens) - 1), 0, -1):
-        for start in range(len(tokens) - 1 - n, -1, -1):
-            if tokens[start : start + n] == tokens[-n:]:
-                return n, start
-    return 0, 0
+        starts = [s for s in range(len(tokens) - n) if tokens[s : s + n] == tokens[-n:]]
+        if starts:
+            return n, starts[-1], len({tokens[s + n] for s in starts}) > 1
+    return 0, 0, True
 
 
 def test_prompt_lookup_index_agrees_with_a_scan_as_the_history_grows():
@@ -316,30 +321,37 @@ def test_prompt_lookup_index_agrees_with_a_scan_as_the_history_grows():
 
     rng = random.Random(0)
     look = PromptLookup()
+    ambiguous = 0
     for _ in range(20):
         tokens = [rng.randrange(6) for _ in range(rng.randrange(1, 4))]
         for _ in range(60):
             assert look._match(tokens) == _latest_longest_match(tokens), tokens
+            ambiguous += look._match(tokens)[0] > 0 and look._match(tokens)[2]
             tokens += [rng.randrange(6) for _ in range(rng.randrange(1, 4))]
         del tokens[rng.randrange(1, len(tokens)) :]  # cut back in place (the index must not be trusted)
         tokens.append(rng.randrange(6))
         assert look._match(tokens) == _latest_longest_match(tokens)
+    assert 0 < ambiguous < 20 * 60  # both kinds of match were checked
 
 
-def test_a_plain_burst_stopped_early_wastes_nothing(target):
-    """The speculative loop ends a pipelined burst by not queueing the next step: the last id handed out is
-    not yet in the cache, and decoding on from it gives exactly the uninterrupted output."""
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "step-by-step"])
+def test_a_plain_burst_stopped_early_wastes_nothing(target, pipelined, monkeypatch):
+    """The speculative loop ends a plain burst by starting no further step: the last id handed out is not yet
+    in the cache, and decoding on from it gives exactly the uninterrupted output. Pipelined, `stop` is asked
+    before id n is handed out (it has seen n ids); step by step, after (it has seen n + 1)."""
+    import edge.generate
     from edge.generate import token_stream
     from edge.sampling import make_sampler
 
+    monkeypatch.setattr(edge.generate, "pipelines", lambda module: pipelined)
     prompt = target.encode("Once upon a time")
     full = list(stream_events(target, prompt, target.make_cache(), Sampling(max_tokens=12), eos=set()))[-1].token_ids
     cache, got = target.make_cache(), []
     sampler = make_sampler(Sampling())
     for t in token_stream(target.module, prompt, cache, sampler, [], 12, prompt, stop=lambda: len(got) == 5):
         got.append(t)
-    assert len(got) == 6 and cache[0].offset == len(prompt) + 5  # the sixth id is not fed yet
-    for t in token_stream(target.module, got[-1:], cache, sampler, [], 6, prompt + got):
+    assert len(got) == (6 if pipelined else 5) and cache[0].offset == len(prompt) + len(got) - 1  # last: not fed
+    for t in token_stream(target.module, got[-1:], cache, sampler, [], 12 - len(got), prompt + got):
         got.append(t)
     assert tuple(got) == full
 

@@ -3,17 +3,17 @@
 With acceptance a1 of the first drafted token and a of each further one (given the ones before it were
 accepted), a step that drafts k tokens yields E(k) = 1 + a1 * (1 - a^k) / (1 - a) tokens and costs k * t_draft
 + t_sync + k * t_extra (one synchronous target pass over k + 1 positions). Plain decoding yields 1 token per
-t_plain, and runs pipelined (`generate.token_stream` queues step n + 1 before handing out token n; on a GPU
-that makes t_plain < t_sync, on 2 CPU cores they measure about the same): that is the rate drafting must beat.
-The first request on a model starts with a few pipelined plain tokens (measuring t_plain), then one
-synchronous step (t_sync), then drafts; later requests start from the costs the last one measured, and a
-drafter from its own last cost and acceptance (`controller_for`). A drafter that grades its proposals in tiers
-(prompt lookup: by the length of the match) has each tier judged with its own acceptance. When no k > 0 beats
-plain, speculation is off for the request: the loop decodes plainly, pipelined, for `probe_every` tokens
-(twice as many after each probe that finds drafting still not paying, up to `max_burst`), or until the drafter
-has a proposal of a higher tier, then tries k = 1 again to re-measure, unless even perfect acceptance could
-not pay (t_draft + t_extra >= t_plain). t_sync and t_extra are fitted together over every synchronous step
-(`VerifyCost`), not read off the rare steps that draft nothing.
+t_plain as `generate.token_stream` runs it (on a GPU pipelined, step n + 1 queued before token n is handed
+out, which makes t_plain < t_sync; edge's fused layers on a CPU step by step, t_plain = t_sync): that is the
+rate drafting must beat. The first request on a model starts with a few plain tokens (measuring t_plain),
+then one synchronous step (t_sync), then drafts; later requests start from the costs the last one measured,
+and a drafter from its own last cost and acceptance (`controller_for`). A drafter that grades its proposals
+in tiers (prompt lookup: by the length of the match, and whether it is ambiguous) has each tier judged with
+its own acceptance. When no k > 0 beats plain, speculation is off for the request: the loop decodes plainly
+for `probe_every` tokens (twice as many after each probe that finds drafting still not paying, up to
+`max_burst`), or until the drafter has a proposal of a higher tier, then tries k = 1 again to re-measure,
+unless even perfect acceptance could not pay (t_draft + t_extra >= t_plain). t_sync and t_extra are fitted
+together over every synchronous step (`VerifyCost`), not read off the rare steps that draft nothing.
 """
 
 from __future__ import annotations
@@ -73,12 +73,17 @@ class Acceptance:
 
 
 def tier_priors() -> list[Acceptance]:
-    """Priors for the three tiers of proposal (`PromptLookup.tier`): the higher the tier, the surer. Two tiers
-    (matches of 4 tokens or more apart from the rest) lumped two- and three-token matches, whose first drafts
-    SmolLM2 kept 45-79% of the time, with single-token ones (12-33%), and drafted the former too little:
-    replaying its benchmark prompts' greedy outputs with the measured step costs, three tiers decoded 4% faster
-    on grounded prompts and on open ones."""
-    return [Acceptance(first=0.6, more=0.6), Acceptance(first=0.75, more=0.75), Acceptance(first=0.9, more=0.9)]
+    """Priors for the tiers of proposal (`PromptLookup.tier`): the higher the tier, the surer; tier 0 is also
+    every proposal of a drafter without tiers. Judged by match length alone, single-token lookups (12-33% of
+    first drafts kept on SmolLM2's grounded prompts) lumped the ambiguous ones (8-25%) with those of a token
+    seen once before (73%); replaying those prompts' greedy outputs with the measured step costs, setting
+    ambiguous matches apart decoded 3% faster on grounded prompts and 2% on open ones."""
+    return [
+        Acceptance(first=0.6, more=0.6),
+        Acceptance(first=0.6, more=0.6),
+        Acceptance(first=0.75, more=0.75),
+        Acceptance(first=0.9, more=0.9),
+    ]
 
 
 def expected_rate(acceptance: Acceptance, k: int, t_draft: float, t_step: float) -> float:
@@ -177,7 +182,7 @@ class DraftLength:
     accepts: list[Acceptance] = field(default_factory=tier_priors)
     """Acceptance per tier of proposal (`PromptLookup.tier`); a drafter without tiers has tier 0 only."""
     t_plain: float | None = None
-    """Seconds per token of plain decoding as `generate` runs it (pipelined): the rate to beat."""
+    """Seconds per token of plain decoding as `generate` runs it: the rate to beat."""
     t_sync: float | None = None
     """Seconds of a synchronous target pass over one position (a step with nothing drafted)."""
     t_extra: float | None = None
@@ -187,7 +192,7 @@ class DraftLength:
     adaptive: bool = True
     """False: always draft `k_start` tokens (for tests and fixed-length benchmarks)."""
     warmup: int = 4
-    """Plain tokens decoded first, pipelined, to measure t_plain."""
+    """Plain tokens decoded first, to measure t_plain."""
     steps_off: int = 0
     history: dict[int, int] = field(default_factory=dict)
     burst: int = 16
@@ -242,7 +247,7 @@ class DraftLength:
         return self.verify.predict(k, self.t_sync, self.t_extra or 0.0)
 
     def plain_burst(self, limit: int) -> int:
-        """Tokens to decode plainly (pipelined) instead of a step: the first few of a request (measuring
+        """Tokens to decode plainly (as `generate` does) instead of a step: the first few of a request (measuring
         t_plain), and while speculation is off, until the next probe. 0 while measuring a synchronous step,
         and when not adaptive."""
         if not self.adaptive or limit <= 0:
@@ -257,7 +262,7 @@ class DraftLength:
         return n
 
     def record_plain(self, tokens: int, seconds: float) -> None:
-        """Seconds of a pipelined plain burst: plain decoding's real cost, what drafting must beat."""
+        """Seconds of a plain burst: plain decoding's real cost, what drafting must beat."""
         self.t_plain = self._avg(self.t_plain, seconds / max(tokens, 1))
 
     def record(self, drafted: int, accepted: int, t_draft: float, t_verify: float, tier: int = 0) -> None:

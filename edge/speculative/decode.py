@@ -38,8 +38,8 @@ def _process(logits: mx.array, processors: list[LogitsProcessor], history: list[
 
 
 def _plain_burst(module, tokens, cache, sampler, processors, n, stop, controller, stats) -> Iterator[int]:
-    """Up to n plain tokens, pipelined (`generate.token_stream`), appended to `tokens` as they come; their
-    spacing once the pipeline is full is what plain decoding costs, what drafting must beat."""
+    """Up to n plain tokens (`generate.token_stream`), appended to `tokens` as they come; their spacing (once
+    a pipeline is full, where `generate` pipelines) is what plain decoding costs, what drafting must beat."""
     start = time.perf_counter()
     times = []
     for token in token_stream(module, tokens[-1:], cache, sampler, processors, n, tokens, stop):
@@ -85,9 +85,9 @@ def speculative_token_stream(
             tier = tier_of(tokens) if tier_of else 0
             k = controller.choose(max_tokens - produced - 1, tier)  # drafts beyond max_tokens would be wasted
             burst = controller.plain_burst(max_tokens - produced) if k == 0 else 0
-            if burst:  # speculation is off: decode plainly with the next step queued, as generate does
+            if burst:  # speculation is off: decode plainly, as generate does
                 # ... until prompt lookup finds a match of a higher tier than the one just judged not to pay
-                # (the burst then stops queueing: nothing wasted)
+                # (the burst then starts no further step: nothing wasted)
                 stop = (lambda seen=tokens, now=tier: tier_of(seen) > now) if tier_of else None
                 for token in _plain_burst(module, tokens, cache, sampler, processors, burst, stop, controller, stats):
                     produced += 1
