@@ -42,7 +42,8 @@ def pipelines(module) -> bool:
     """Whether decoding queues step n+1 before handing out token n (mlx-lm's way): on a GPU that hides the
     building of the next step's graph. edge's fused layers on a CPU build ~35 graph nodes a token, and the
     overlap only makes that Python contend with the kernel's threads for the cores: synchronous steps
-    decoded SmolLM2 3-7% faster on 2 cores (`edge bench`, each way in the same run)."""
+    decoded SmolLM2 3-8% faster on 2 cores (`edge bench` and its speculative prompt suite, each way in the
+    same run)."""
     return mx.default_device() != mx.cpu or not hasattr(module, "decoder_stack")
 
 

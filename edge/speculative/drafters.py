@@ -46,7 +46,7 @@ class PromptLookup:
     when the matched n-gram has been followed by different tokens (or nothing matched), else 1 + how many of
     `tiers` the match length reaches. Replaying SmolLM2's greedy benchmark outputs, the first drafted token
     of an ambiguous single-token match was right 8-25% of the time on grounded prompts, of an unambiguous
-    one 73%; of a two- or three-token match 56-82%, of a longer one 92-95%.
+    one in the prompt 73%; of a two- or three-token match 56-82%, of a longer one 92-95%.
     """
 
     max_ngram: int = 5
