@@ -116,11 +116,11 @@ void quantize_x(const float* x, int M, int K, int gs, QuantX& out) {
 struct Vec {
   static constexpr int LANES = 16, TILE = 8, ROWS = 12;
   // A tile of one unit broadcasts each row's activation pair from memory once per vpdpwssd; two units share
-  // it. 5 to 7 rows then keep 2R fp32 sums (partly spilled) and still ran 15-18% faster in cache, 8-10%
-  // faster in SmolLM2's forward pass over 5 to 7 positions (13 positions, as 7 + 6 rows: 5%). 8 rows and
-  // more gained nothing.
+  // it. 5 to 8 rows then keep 2R fp32 sums (partly spilled) and still ran 15-18% faster in cache, 8-10%
+  // faster in SmolLM2's forward pass over 5 to 7 positions (13 positions, as 7 + 6 rows: 5%). 8 rows gained
+  // only once the chunk loop was unrolled (24% in cache); 9 to 12 rows gain nothing.
   static constexpr int units(int R) {
-    return R <= 4 ? TILE / R : R <= 7 ? 2 : 1;
+    return R <= 4 ? TILE / R : R <= 8 ? 2 : 1;
   }
   using I = __m512i;
   using F = __m512;
