@@ -72,12 +72,18 @@ class Sampling:
         return asdict(self)
 
 
+def greedy(logits: mx.array) -> mx.array:
+    """Temperature 0: the argmax, the first of equal maxima (`generate.token_stream` takes NumPy's, the same
+    ids, where it decodes step by step)."""
+    return mx.argmax(logits, axis=-1)
+
+
 def make_sampler(s: Sampling) -> Sampler:
     """logits (..., vocab) -> sampled ids."""
     from mlx_lm.sample_utils import make_sampler as mlx_lm_sampler
 
     if s.temperature == 0:
-        return lambda logits: mx.argmax(logits, axis=-1)
+        return greedy
     top_p = 0.0 if s.top_p >= 1.0 else s.top_p  # mlx-lm treats 0 as "off"
     sample = mlx_lm_sampler(temp=s.temperature, top_p=top_p, min_p=s.min_p, top_k=s.top_k)
     return lambda logits: sample(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
