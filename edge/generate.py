@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import mlx.core as mx
-import numpy as np
 
 from .errors import EdgeError
 from .events import Done, DraftStats, Event, Stats, StopReason, Token
-from .sampling import LogitsProcessor, Sampler, Sampling, greedy, make_processors, make_sampler
+from .sampling import LogitsProcessor, Sampler, Sampling, argmax_ids, greedy, make_processors, make_sampler
 from .tokenizer import StopMatcher
 
 if TYPE_CHECKING:
@@ -79,11 +78,10 @@ def token_stream(
 
     y = prefill(module, mx.array(prompt), cache)
     if not pipelines(module):
-        # NumPy's argmax is vectorised, MLX's CPU one scalar (57 us a token over a 49k vocabulary, 1.5% of one)
-        numpy_argmax = sampler is greedy
+        numpy_argmax = sampler is greedy  # the same ids, 1.5% of a token sooner than MLX's argmax
         for n in range(max_tokens):
             logits = logits_after(y, generated=n > 0)
-            token = int(np.asarray(logits).argmax()) if numpy_argmax else sampler(logits).item()
+            token = int(argmax_ids(logits)[0]) if numpy_argmax else sampler(logits).item()
             yield token
             if n + 1 >= max_tokens or (stop is not None and stop()):
                 return

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import mlx.core as mx
+import numpy as np
 
 from .errors import EdgeError
 
@@ -73,9 +74,18 @@ class Sampling:
 
 
 def greedy(logits: mx.array) -> mx.array:
-    """Temperature 0: the argmax, the first of equal maxima (`generate.token_stream` takes NumPy's, the same
-    ids, where it decodes step by step)."""
+    """Temperature 0: the argmax, the first of equal maxima (`generate.token_stream` takes `argmax_ids`, the
+    same ids, where it decodes step by step)."""
     return mx.argmax(logits, axis=-1)
+
+
+def argmax_ids(logits: mx.array) -> np.ndarray:
+    """The argmax over the last axis by NumPy, which vectorises it (MLX's CPU argmax is scalar: 57 us over a
+    49k vocabulary, against 3 us); the first of equal maxima, as MLX's. bf16, which NumPy lacks, is widened
+    first (exactly)."""
+    if logits.dtype == mx.bfloat16:
+        logits = logits.astype(mx.float32)
+    return np.asarray(logits).argmax(axis=-1)
 
 
 def make_sampler(s: Sampling) -> Sampler:

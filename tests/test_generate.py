@@ -67,6 +67,25 @@ def test_greedy_tokens_equal_mlx_lm(arch, pipelined, mlx_models, monkeypatch):
     assert done.reason == ("eos" if n < 24 else "length")
 
 
+def test_greedy_step_by_step_reads_bf16_logits(llama):
+    """Decoding step by step (a module with edge's fused layers, on a CPU) takes NumPy's argmax, which has no
+    bf16: such logits are widened first, and the ids are the script's."""
+
+    class FusedBf16(Scripted):
+        decoder_stack = None  # what `generate.pipelines` looks for
+
+        def __call__(self, inputs, cache=None):
+            return super().__call__(inputs, cache).astype(mx.bfloat16)
+
+    text, prompt = "Once upon a time", [5, 6, 7]
+    ids = llama.tokenizer.encode(text, add_special_tokens=False) + [2]
+    module = FusedBf16(ids, len(prompt), llama.tokenizer.vocab_size)
+    model = edge.Model(module, llama.tokenizer, llama.config, llama.path, llama.plan)
+    assert not edge.generate.pipelines(module)
+    tokens, done = run(model, prompt, max_tokens=32)
+    assert done.reason == "eos" and done.text == text
+
+
 def test_stream_never_splits_a_utf8_character(llama):
     text = "Café naïve déjà 🙂🚀 日本語"
     prompt = [5, 6, 7]

@@ -15,7 +15,7 @@ from edge.generate import stream_events
 from edge.sampling import Sampling, make_processors
 from edge.speculative import DraftLength, ModelDrafter, PromptLookup, make_drafter
 from edge.speculative.decode import speculative_token_stream
-from edge.speculative.verify import accept_sampled
+from edge.speculative.verify import accept_greedy, accept_sampled
 
 REPEAT = "Repeat this: the quick brown fox jumps over the lazy dog. the quick brown fox jumps over the lazy dog."
 
@@ -285,6 +285,12 @@ def test_a_draft_spec_is_built_once_per_model(target):
     assert target._drafter_for(None) is None
     done = [e for e in target.stream("Once upon a time", max_tokens=6, draft="self:4") if isinstance(e, Done)][-1]
     assert done.stats.draft is not None and target._drafter_for("self:4") is first
+
+
+def test_greedy_verification_reads_bf16_logits():
+    """NumPy, whose argmax verification takes, has no bf16: such logits are widened first (exactly)."""
+    logits = mx.array([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]], dtype=mx.bfloat16)
+    assert accept_greedy(logits, [1]) == (1, 0) and accept_greedy(logits, [2]) == (0, 1)
 
 
 def test_prompt_lookup_matches_and_tiers():
