@@ -18,7 +18,7 @@ import mlx.core as mx
 
 from .errors import EdgeError
 from .events import Done, DraftStats, Event, Stats, StopReason, Token
-from .sampling import LogitsProcessor, Sampler, Sampling, argmax_ids, greedy, make_processors, make_sampler
+from .sampling import LogitsProcessor, Sampler, Sampling, make_processors, make_sampler, next_token
 from .tokenizer import StopMatcher
 
 if TYPE_CHECKING:
@@ -78,10 +78,8 @@ def token_stream(
 
     y = prefill(module, mx.array(prompt), cache)
     if not pipelines(module):
-        numpy_argmax = sampler is greedy  # the same ids, 1.5% of a token sooner than MLX's argmax
         for n in range(max_tokens):
-            logits = logits_after(y, generated=n > 0)
-            token = int(argmax_ids(logits)[0]) if numpy_argmax else sampler(logits).item()
+            token = next_token(sampler, logits_after(y, generated=n > 0))
             yield token
             if n + 1 >= max_tokens or (stop is not None and stop()):
                 return

@@ -32,9 +32,11 @@ class Scripted:
         return logits.at[:, -1, token].add(20.0)
 
 
-def scripted_model(base: edge.Model, text: str, prompt: list[int], tail: list[int] | None = None) -> edge.Model:
+def scripted_model(
+    base: edge.Model, text: str, prompt: list[int], tail: list[int] | None = None, kind: type = Scripted
+) -> edge.Model:
     ids = base.tokenizer.encode(text, add_special_tokens=False) + (tail or [])
-    module = Scripted(ids, len(prompt), base.tokenizer.vocab_size)
+    module = kind(ids, len(prompt), base.tokenizer.vocab_size)
     return edge.Model(module, base.tokenizer, base.config, base.path, base.plan)
 
 
@@ -78,10 +80,8 @@ def test_greedy_step_by_step_reads_bf16_logits(llama):
             return super().__call__(inputs, cache).astype(mx.bfloat16)
 
     text, prompt = "Once upon a time", [5, 6, 7]
-    ids = llama.tokenizer.encode(text, add_special_tokens=False) + [2]
-    module = FusedBf16(ids, len(prompt), llama.tokenizer.vocab_size)
-    model = edge.Model(module, llama.tokenizer, llama.config, llama.path, llama.plan)
-    assert not edge.generate.pipelines(module)
+    model = scripted_model(llama, text, prompt, [2], kind=FusedBf16)
+    assert not edge.generate.pipelines(model.module)
     tokens, done = run(model, prompt, max_tokens=32)
     assert done.reason == "eos" and done.text == text
 
