@@ -118,9 +118,11 @@ struct Vec {
   // A tile of one unit broadcasts each row's activation pair from memory once per vpdpwssd; two units share
   // it. 5 to 8 rows then keep 2R fp32 sums (partly spilled) and still ran 15-18% faster in cache, 8-10%
   // faster in SmolLM2's forward pass over 5 to 7 positions (13 positions, as 7 + 6 rows: 5%). 8 rows gained
-  // only once the chunk loop was unrolled (24% in cache); 9 to 12 rows gain nothing.
+  // only once the chunk loop was unrolled (24% in cache); so did 9 (one unit keeps only 9 sums in flight, and
+  // vpdpwssd needs ~10 to issue 2 a cycle: 6-12% faster in cache, SmolLM2's 9-position pass 8.7 -> 8.1 ms);
+  // 10 to 12 rows gain nothing.
   static constexpr int units(int R) {
-    return R <= 4 ? TILE / R : R <= 8 ? 2 : 1;
+    return R <= 4 ? TILE / R : R <= 9 ? 2 : 1;
   }
   using I = __m512i;
   using F = __m512;
