@@ -186,56 +186,98 @@ void mix_rows(int rt, const float* w, int stride, int n, const half_t* v, int hd
   }
 }
 
-// Attention of `rows` query vectors that share one KV head (q: rows x hd, times the softmax scale; row r sees
-// positions 0..len[r]-1).
-// Keys are stored transposed, (hd, capacity), so the scores of consecutive positions are one vector
-// operation; values are (capacity, hd). Rows go up to ROW_TILE at a time through register tiles, so each key
-// and value is read once per tile of rows (the positions of a verify pass and the query heads of a group).
-// Each row's arithmetic is the same whatever the other rows are. scores: room for rows x (max(len) rounded
-// up to SPAN).
-void attend(const float* q, int rows, const int* len, const half_t* kt, const half_t* v, int hd, int capacity,
-            float* scores, float* out) {
-  const int n = *std::max_element(len, len + rows), stride = (n + SPAN - 1) / SPAN * SPAN;
-  for (int j0 = 0; j0 < n; j0 += SPAN) {
-    // a tile's keys are hd lines a cache row apart, which no hardware prefetcher follows: ask for the keys
-    // two tiles ahead (8 positions at 400 tokens of context: 70 -> 61 us a layer)
-    if (j0 + 2 * SPAN < n)
-      for (int e = 0; e < hd; ++e) __builtin_prefetch(kt + static_cast<size_t>(e) * capacity + j0 + 2 * SPAN);
-    for (int r = 0; r < rows; r += ROW_TILE)
-      score_rows(std::min(ROW_TILE, rows - r), q + r * hd, hd, kt, capacity, j0, scores + r * stride, stride);
-  }
-  for (int r = 0; r < rows; ++r) {
-    float* sr = scores + static_cast<size_t>(r) * stride;
-    f16v tops = f16v{} - INFINITY; // the maximum 16 lanes at a time (one scalar chain was a third of the time)
-    int j = 0;
-    for (; j + 16 <= len[r]; j += 16) {
-      const f16v x = load16(sr + j);
-      tops = x > tops ? x : tops;
+// Attention is split over fixed chunks of CHUNK positions, each chunk's share computed apart (its own
+// maximum, sum and unnormalised mix of values) and the shares merged in chunk order (as flash-decoding does).
+// The chunks spread one position's attention over the cores: whole KV heads alone, 3 heads on 2 cores, left
+// one core with twice the work, and at long contexts attention reads the whole cache every token. The bounds
+// are fixed (not shares of the context): a row's sums then never depend on how many positions share a pass.
+constexpr int CHUNK = 128;
+
+// One chunk's share of the attention of `rows` query vectors that share one KV head (q: rows x hd, times the
+// softmax scale; row r sees positions 0..len[r]-1), over positions c0..c0+CHUNK-1: for each row with positions
+// there, top[r] = the maximum score, sum[r] = the sum of exp(score - top), out[r] = the sum of exp(score - top)
+// * value; rows with none get sum 0 and out 0. Keys are stored transposed, (hd, capacity), so the scores of
+// consecutive positions are one vector operation; values are (capacity, hd). Rows go up to ROW_TILE at a time
+// through register tiles, so each key and value is read once per tile of rows (the positions of a verify
+// pass and the query heads of a group), and a tile stops at the last position one of its rows sees (in a
+// prompt's pass the early rows skip the later positions). Each row's arithmetic is the same whatever the
+// other rows are. scores: room for ROW_TILE x CHUNK.
+void attend_chunk(const float* q, int rows, const int* len, const half_t* kt, const half_t* v, int hd, int capacity,
+                  int c0, float* scores, float* out, float* top, float* sum) {
+  kt += c0;
+  v += static_cast<size_t>(c0) * hd;
+  for (int r0 = 0; r0 < rows; r0 += ROW_TILE) {
+    const int rt = std::min(ROW_TILE, rows - r0);
+    const int n = std::min(CHUNK, std::max(0, *std::max_element(len + r0, len + r0 + rt) - c0));
+    if (n == 0) {
+      std::fill(top + r0, top + r0 + rt, -INFINITY);
+      std::fill(sum + r0, sum + r0 + rt, 0.f);
+      std::fill(out + static_cast<size_t>(r0) * hd, out + static_cast<size_t>(r0 + rt) * hd, 0.f);
+      continue;
     }
-    float top = -INFINITY;
-    for (; j < len[r]; ++j) top = std::max(top, sr[j]);
-    for (int l = 0; l < 16; ++l) top = std::max(top, tops[l]);
-    for (j = 0; j < len[r]; ++j) sr[j] -= top;
-    exp_inplace(sr, len[r]);
-    // 16 running sums in a fixed order (not a compiler reduction, whose grouping could follow the buffer's
-    // alignment): the same row always sums the same way
-    float part[16] = {}, sum = 0.f;
-    for (j = 0; j + 16 <= len[r]; j += 16)
-      for (int l = 0; l < 16; ++l) part[l] += sr[j + l];
-    for (; j < len[r]; ++j) sum += sr[j];
-    for (int l = 0; l < 16; ++l) sum += part[l];
-    const float inv = 1.f / sum;
-    for (j = 0; j < len[r]; ++j) sr[j] *= inv;
-    std::fill(sr + len[r], sr + n, 0.f);
+    for (int j0 = 0; j0 < n; j0 += SPAN) {
+      // a tile's keys are hd lines a cache row apart, which no hardware prefetcher follows: ask for the keys
+      // two tiles ahead (8 positions at 400 tokens of context: 70 -> 61 us a layer)
+      if (j0 + 2 * SPAN < n)
+        for (int e = 0; e < hd; ++e) __builtin_prefetch(kt + static_cast<size_t>(e) * capacity + j0 + 2 * SPAN);
+      score_rows(rt, q + static_cast<size_t>(r0) * hd, hd, kt, capacity, j0, scores, CHUNK);
+    }
+    for (int r = 0; r < rt; ++r) {
+      float* sr = scores + static_cast<size_t>(r) * CHUNK;
+      const int own = std::min(n, std::max(0, len[r0 + r] - c0));
+      f16v tops = f16v{} - INFINITY; // the maximum 16 lanes at a time (one scalar chain was a third of the time)
+      int j = 0;
+      for (; j + 16 <= own; j += 16) {
+        const f16v x = load16(sr + j);
+        tops = x > tops ? x : tops;
+      }
+      float t = -INFINITY;
+      for (; j < own; ++j) t = std::max(t, sr[j]);
+      for (int l = 0; l < 16; ++l) t = std::max(t, tops[l]);
+      for (j = 0; j < own; ++j) sr[j] -= t;
+      exp_inplace(sr, own);
+      // 16 running sums in a fixed order (not a compiler reduction, whose grouping could follow the buffer's
+      // alignment): the same row always sums the same way
+      float part[16] = {}, total = 0.f;
+      for (j = 0; j + 16 <= own; j += 16)
+        for (int l = 0; l < 16; ++l) part[l] += sr[j + l];
+      for (; j < own; ++j) total += sr[j];
+      for (int l = 0; l < 16; ++l) total += part[l];
+      top[r0 + r] = t;
+      sum[r0 + r] = total;
+      std::fill(sr + own, sr + n, 0.f); // a row's positions past its own weigh 0 (adding 0 changes no sum)
+    }
+    mix_rows(rt, scores, CHUNK, n, v, hd, out + static_cast<size_t>(r0) * hd);
   }
-  for (int r = 0; r < rows; r += ROW_TILE)
-    mix_rows(std::min(ROW_TILE, rows - r), scores + r * stride, stride, n, v, hd, out + r * hd);
+}
+
+// A row's attention from its chunks' shares (`chunks` of them, `stride` floats apart in `part`, `stride / hd`
+// apart in top and sum), merged in chunk order.
+void merge_chunks(const float* part, const float* top, const float* sum, int chunks, size_t stride, int hd,
+                  float* out) {
+  const size_t step = stride / hd;
+  float t = -INFINITY;
+  for (int c = 0; c < chunks; ++c)
+    if (sum[c * step] > 0.f) t = std::max(t, top[c * step]);
+  thread_local std::vector<float> weight;
+  weight.resize(chunks);
+  float total = 0.f;
+  for (int c = 0; c < chunks; ++c) {
+    weight[c] = sum[c * step] > 0.f ? std::exp(top[c * step] - t) : 0.f;
+    total += weight[c] * sum[c * step];
+  }
+  for (int e0 = 0; e0 < hd; e0 += SPAN) {
+    f16v acc = {};
+    for (int c = 0; c < chunks; ++c)
+      if (weight[c] > 0.f) acc += weight[c] * load16(part + c * stride + e0);
+    store16(out + e0, acc / total);
+  }
 }
 
 // The calling thread's scratch buffer `slot`, at least n floats, grown as needed and never cleared: every
 // value is written before it is read. Fresh zeroed vectors per layer cost ~300 KB of allocation and memset a
 // layer in a verify pass over 13 positions.
-enum Slot { XN, Q, K, V, ATT, O, G, U, QG, AG, SCORES, SLOTS };
+enum Slot { XN, Q, K, V, ATT, O, G, U, QG, AG, SCORES, SHARES, TOPS, SUMS, SLOTS };
 float* scratch(Slot slot, size_t n) {
   thread_local std::vector<float> buffers[SLOTS];
   std::vector<float>& b = buffers[slot];
@@ -270,11 +312,8 @@ void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int o
     }
   }
   // Attention per KV head over the query rows that use it (M positions x the heads of its group), laid out
-  // kv-head-major; split in halves (by query rows) when there are fewer KV heads than twice the cores and
-  // each half keeps 4 rows or more (every part reads all of its head's keys and values: one position's 3
-  // rows split in two took longer than on one core).
+  // kv-head-major.
   const int group = H / KVH, rows = M * group;
-  const int splits = std::max(1, std::min(rows / 4, (2 * pool_size() + KVH - 1) / KVH));
   const size_t grouped = static_cast<size_t>(KVH) * rows * hd;
   float *qg = scratch(QG, grouped), *ag = scratch(AG, grouped);
   for (int i = 0; i < M; ++i)
@@ -285,17 +324,39 @@ void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int o
     }
   std::vector<int> lens(rows);
   for (int r = 0; r < rows; ++r) lens[r] = offset + r / group + 1; // row r is position r / group
-  parallel_for(KVH * splits, static_cast<long>(M) * H * (offset + M) * hd * 2, [&](int begin, int end) {
-    float* scores = scratch(SCORES, static_cast<size_t>(rows) * ((offset + M + SPAN - 1) / SPAN * SPAN));
-    for (int item = begin; item < end; ++item) {
-      const int kh = item / splits, part = item % splits;
-      const int r0 = rows * part / splits, r1 = rows * (part + 1) / splits;
-      const size_t at = (static_cast<size_t>(kh) * rows + r0) * hd;
-      if (r1 > r0)
-        attend(qg + at, r1 - r0, lens.data() + r0, p.k_cache + static_cast<size_t>(kh) * hd * capacity,
-             p.v_cache + static_cast<size_t>(kh) * capacity * hd, hd, capacity, scores, ag + at);
-    }
-  });
+  // Blocks of at most ROW_BLOCK rows (bounding the chunks' shares: a prompt's pass has 1,536 rows a head), each
+  // in work items of (KV head, chunk, part of the block's rows). The rows are split in parts (each reads the
+  // chunk's keys and values) only when heads and chunks are fewer than twice the cores, and each part keeps 4
+  // rows or more (one position's 3 rows split in two took longer than on one core).
+  constexpr int ROW_BLOCK = 64;
+  for (int b0 = 0; b0 < rows; b0 += ROW_BLOCK) {
+    const int nb = std::min(ROW_BLOCK, rows - b0), chunks = (lens[b0 + nb - 1] + CHUNK - 1) / CHUNK;
+    const int splits = std::max(1, std::min(nb / 4, (2 * pool_size() + KVH * chunks - 1) / (KVH * chunks)));
+    const size_t per_chunk = static_cast<size_t>(nb) * hd; // one chunk's shares of one KV head's rows
+    float* shares = scratch(SHARES, static_cast<size_t>(KVH) * chunks * per_chunk);
+    float* tops = scratch(TOPS, static_cast<size_t>(KVH) * chunks * nb);
+    float* sums = scratch(SUMS, static_cast<size_t>(KVH) * chunks * nb);
+    const long work = static_cast<long>(KVH) * nb * lens[b0 + nb - 1] * hd * 2;
+    parallel_for(KVH * chunks * splits, work, [&](int begin, int end) {
+      float* scores = scratch(SCORES, static_cast<size_t>(ROW_TILE) * CHUNK);
+      for (int item = begin; item < end; ++item) {
+        const int kh = item / (chunks * splits), c = item / splits % chunks, part = item % splits;
+        const int r0 = nb * part / splits, r1 = nb * (part + 1) / splits;
+        const size_t at = (static_cast<size_t>(kh) * chunks + c) * nb + r0;
+        if (r1 > r0)
+          attend_chunk(qg + (static_cast<size_t>(kh) * rows + b0 + r0) * hd, r1 - r0, lens.data() + b0 + r0,
+                       p.k_cache + static_cast<size_t>(kh) * hd * capacity,
+                       p.v_cache + static_cast<size_t>(kh) * capacity * hd, hd, capacity, c * CHUNK, scores,
+                       shares + at * hd, tops + at, sums + at);
+      }
+    });
+    for (int kh = 0; kh < KVH; ++kh)
+      for (int r = 0; r < nb; ++r) {
+        const size_t at = static_cast<size_t>(kh) * chunks * nb + r;
+        merge_chunks(shares + at * hd, tops + at, sums + at, (lens[b0 + r] + CHUNK - 1) / CHUNK, per_chunk, hd,
+                     ag + (static_cast<size_t>(kh) * rows + b0 + r) * hd);
+      }
+  }
   for (int i = 0; i < M; ++i)
     for (int hh = 0; hh < H; ++hh)
       std::copy_n(ag + ((static_cast<size_t>(hh / group) * M + i) * group + hh % group) * hd, hd,
