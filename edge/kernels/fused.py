@@ -26,12 +26,14 @@ KV_DTYPE = mx.float16
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 GROW = 256
+KEY_BLOCK = 16
+"""Positions per block of the key cache (the kernel's KEY_BLOCK); GROW is a multiple of it."""
 
 
 class LayerCache(OffsetCache):
-    """One layer's keys (kv_heads, head_dim, capacity: transposed, so the kernel's scores vectorise over
-    positions) and values (kv_heads, capacity, head_dim) in fp16, written in place by the kernel; `offset`
-    positions are valid."""
+    """One layer's keys (kv_heads, capacity / 16, head_dim, 16: blocks of 16 positions, transposed, so the
+    kernel's scores vectorise over positions and a tile of them reads one contiguous block) and values
+    (kv_heads, capacity, head_dim) in fp16, written in place by the kernel; `offset` positions are valid."""
 
     def __init__(self, kv_heads: int, head_dim: int):
         self.kv_heads, self.head_dim = kv_heads, head_dim
@@ -53,10 +55,10 @@ class LayerCache(OffsetCache):
         if need <= have:
             return
         size = math.ceil(need / GROW) * GROW
-        keys = mx.zeros((self.kv_heads, self.head_dim, size), dtype=KV_DTYPE)
+        keys = mx.zeros((self.kv_heads, size // KEY_BLOCK, self.head_dim, KEY_BLOCK), dtype=KV_DTYPE)
         values = mx.zeros((self.kv_heads, size, self.head_dim), dtype=KV_DTYPE)
         if self.keys is not None:
-            keys[:, :, :have], values[:, :have] = self.keys, self.values
+            keys[:, : have // KEY_BLOCK], values[:, :have] = self.keys, self.values
         mx.eval(keys, values)
         self.keys, self.values = keys, values
 

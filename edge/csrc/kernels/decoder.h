@@ -19,8 +19,8 @@ struct LayerShape {
 // token: a synchronous verify step pays that in full, plain decoding in CPU time taken from the compute threads).
 //
 // Each layer maps h (M, D) to h after the layer. It writes the keys and values of the M new positions into its
-// k_cache (kv_heads, head_dim, capacity: transposed, so scores vectorise over positions) and v_cache (kv_heads,
-// capacity, head_dim), fp16, evaluated, owned by the caller, at offset..offset+M-1, and attends causally over
+// k_cache (kv_heads, capacity / 16, head_dim, 16: blocks of 16 positions, transposed, so scores vectorise over
+// positions) and v_cache (kv_heads, capacity, head_dim), fp16, evaluated, owned by the caller, at offset..offset+M-1, and attends causally over
 // positions 0..offset+i. cos / sin: (positions, head_dim / 2), rotate-half RoPE. quantized: 21 arrays, the
 // packed (weight, scales, biases) of q, k, v, o, gate, up, down (packed.h).
 class DecoderStack {
