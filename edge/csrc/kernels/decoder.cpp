@@ -212,6 +212,13 @@ void attend_chunk(const float* q, int rows, const int* len, const half_t* kt, co
                   float* scores, float* out, float* top, float* sum) {
   kt += static_cast<size_t>(c0) * hd;
   v += static_cast<size_t>(c0) * hd;
+  if (rows <= 2 * ROW_TILE) { // a few rows (decoding, a verify pass): ask for the chunk's values into L2 now,
+    // while the scores are computed (at 1,800 tokens of context, decoding 1.04-1.07x faster; in a prompt's
+    // pass many tiles of rows share the values and the requests only cost)
+    const int n = std::min(CHUNK, std::max(0, *std::max_element(len, len + rows) - c0));
+    const char* from = reinterpret_cast<const char*>(v);
+    for (size_t b = 0; b < static_cast<size_t>(n) * hd * sizeof(half_t); b += 64) __builtin_prefetch(from + b, 0, 2);
+  }
   for (int r0 = 0; r0 < rows; r0 += ROW_TILE) {
     const int rt = std::min(ROW_TILE, rows - r0);
     const int n = std::min(CHUNK, std::max(0, *std::max_element(len + r0, len + r0 + rt) - c0));
