@@ -20,9 +20,10 @@ struct LayerShape {
 //
 // Each layer maps h (M, D) to h after the layer. It writes the keys and values of the M new positions into its
 // k_cache (kv_heads, capacity / 16, head_dim, 16: blocks of 16 positions, transposed, so scores vectorise over
-// positions) and v_cache (kv_heads, capacity, head_dim), fp16, evaluated, owned by the caller, at offset..offset+M-1, and attends causally over
-// positions 0..offset+i. cos / sin: (positions, head_dim / 2), rotate-half RoPE. quantized: 21 arrays, the
-// packed (weight, scales, biases) of q, k, v, o, gate, up, down (packed.h).
+// positions) and v_cache (kv_heads, capacity, head_dim), fp16, evaluated, owned by the caller, at
+// offset..offset+M-1, and attends causally over positions 0..offset+i. cos / sin: (positions, head_dim / 2),
+// rotate-half RoPE. quantized: 21 arrays, the packed (weight, scales, biases) of q, k, v, o, gate, up, down
+// (packed.h).
 class DecoderStack {
  public:
   DecoderStack(array cos, array sin) : cos_(std::move(cos)), sin_(std::move(sin)) {}
