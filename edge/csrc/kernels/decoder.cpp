@@ -192,6 +192,17 @@ void mix_rows(int rt, const float* w, int stride, int n, const half_t* v, int hd
   }
 }
 
+// The calling thread's scratch buffer `slot`, at least n floats, grown as needed and never cleared: every
+// value is written before it is read. Fresh zeroed vectors per layer cost ~300 KB of allocation and memset a
+// layer in a verify pass over 13 positions.
+enum Slot { XN, Q, K, V, ATT, O, G, U, QG, AG, SCORES, SHARES, TOPS, SUMS, WEIGHTS, SLOTS };
+float* scratch(Slot slot, size_t n) {
+  thread_local std::vector<float> buffers[SLOTS];
+  std::vector<float>& b = buffers[slot];
+  if (b.size() < n) b.resize(n);
+  return b.data();
+}
+
 // Attention is split over fixed chunks of CHUNK positions, each chunk's share computed apart (its own
 // maximum, sum and unnormalised mix of values) and the shares merged in chunk order (as flash-decoding does).
 // The chunks spread one position's attention over the cores: whole KV heads alone, 3 heads on 2 cores, left
@@ -202,7 +213,8 @@ constexpr int CHUNK = 128;
 // One chunk's share of the attention of `rows` query vectors that share one KV head (q: rows x hd, times the
 // softmax scale; row r sees positions 0..len[r]-1), over positions c0..c0+CHUNK-1: for each row with positions
 // there, top[r] = the maximum score, sum[r] = the sum of exp(score - top), out[r] = the sum of exp(score - top)
-// * value; rows with none get sum 0 and out 0. Keys are stored in blocks of 16 positions, each (hd, 16), so
+// * value (rows with none are left unwritten: a row's merge reads only the chunks below its length). Keys are
+// stored in blocks of 16 positions, each (hd, 16), so
 // the scores of consecutive positions are one vector operation; values are (capacity, hd). Rows go up to
 // ROW_TILE at a time through register tiles, so each key and value is read once per tile of rows (the
 // positions of a verify pass and the query heads of a group), and a tile stops at the last position one of
@@ -222,12 +234,7 @@ void attend_chunk(const float* q, int rows, const int* len, const half_t* kt, co
   for (int r0 = 0; r0 < rows; r0 += ROW_TILE) {
     const int rt = std::min(ROW_TILE, rows - r0);
     const int n = std::min(CHUNK, std::max(0, *std::max_element(len + r0, len + r0 + rt) - c0));
-    if (n == 0) {
-      std::fill(top + r0, top + r0 + rt, -INFINITY);
-      std::fill(sum + r0, sum + r0 + rt, 0.f);
-      std::fill(out + static_cast<size_t>(r0) * hd, out + static_cast<size_t>(r0 + rt) * hd, 0.f);
-      continue;
-    }
+    if (n == 0) continue;
     for (int j0 = 0; j0 < n; j0 += SPAN) {
       // ask for the keys two blocks ahead (left to the hardware prefetcher, decoding at 1,800 tokens of
       // context was 6% slower than with the keys transposed whole; with this, 5% faster)
@@ -265,38 +272,24 @@ void attend_chunk(const float* q, int rows, const int* len, const half_t* kt, co
   }
 }
 
-// A row's attention from its chunks' shares (`chunks` of them, `stride` floats apart in `part`, `stride / hd`
-// apart in top and sum), merged in chunk order.
+// A row's attention from the shares of its chunks (those below its length, each with a position of the row:
+// `chunks` of them, `stride` floats apart in `part`, `stride / hd` apart in top and sum), merged in chunk order.
 void merge_chunks(const float* part, const float* top, const float* sum, int chunks, size_t stride, int hd,
                   float* out) {
   const size_t step = stride / hd;
   float t = -INFINITY;
-  for (int c = 0; c < chunks; ++c)
-    if (sum[c * step] > 0.f) t = std::max(t, top[c * step]);
-  thread_local std::vector<float> weight;
-  weight.resize(chunks);
+  for (int c = 0; c < chunks; ++c) t = std::max(t, top[c * step]);
+  float* weight = scratch(WEIGHTS, chunks);
   float total = 0.f;
   for (int c = 0; c < chunks; ++c) {
-    weight[c] = sum[c * step] > 0.f ? std::exp(top[c * step] - t) : 0.f;
+    weight[c] = std::exp(top[c * step] - t);
     total += weight[c] * sum[c * step];
   }
   for (int e0 = 0; e0 < hd; e0 += SPAN) {
     f16v acc = {};
-    for (int c = 0; c < chunks; ++c)
-      if (weight[c] > 0.f) acc += weight[c] * load16(part + c * stride + e0);
+    for (int c = 0; c < chunks; ++c) acc += weight[c] * load16(part + c * stride + e0);
     store16(out + e0, acc / total);
   }
-}
-
-// The calling thread's scratch buffer `slot`, at least n floats, grown as needed and never cleared: every
-// value is written before it is read. Fresh zeroed vectors per layer cost ~300 KB of allocation and memset a
-// layer in a verify pass over 13 positions.
-enum Slot { XN, Q, K, V, ATT, O, G, U, QG, AG, SCORES, SHARES, TOPS, SUMS, SLOTS };
-float* scratch(Slot slot, size_t n) {
-  thread_local std::vector<float> buffers[SLOTS];
-  std::vector<float>& b = buffers[slot];
-  if (b.size() < n) b.resize(n);
-  return b.data();
 }
 
 void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int offset) {
