@@ -75,6 +75,8 @@ def _run(model, prompts: list[list[int]], sampling: Sampling, drafter, fixed_len
 def run_speculative_bench(model, args) -> int:
     from .speculative import make_drafter
 
+    if model._paging:  # measure the weights as they will stay: on 2 MB pages (hugepages.py)
+        model._paging.join()
     suite = prompt_suite()
     chat = model.tokenizer.has_chat_template
     prompts = {cls: [model.encode(p, chat=chat) for p in texts] for cls, texts in suite.items()}

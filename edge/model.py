@@ -2,7 +2,8 @@
 
 What edge adds to `mlx_lm.load`: files checked first (a broken shard is named before MLX sees it), a
 memory plan that refuses what will not fit, the CPU compute policy (fp32 through OpenBLAS when it fits),
-and typed streaming with stop strings, cancellation and stats.
+the weights moved to 2 MB pages on Linux (`hugepages`), and typed streaming with stop strings, cancellation
+and stats.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 
 from . import blas
 from .architecture import model_classes, parameter_count, skeleton
@@ -20,6 +22,7 @@ from .checkpoint import SafetensorsFile, read_config, weight_files
 from .errors import EdgeError, ModelFormatError, OutOfMemoryError
 from .events import Done, Event
 from .generate import stream_events
+from .hugepages import use_huge_pages_later
 from .kernels import fuse, load_extension, use_kernels
 from .kernels import status as kernels_status
 from .memory import MemoryPlan, make_plan, wired_limit
@@ -92,6 +95,8 @@ class Model:
     _drafters: dict = field(default_factory=dict, repr=False, compare=False)
     """Drafters built for `draft=` specs, by spec: a draft model is loaded and a self-draft quantized once, and
     each keeps what its last request measured of it."""
+    _paging: threading.Thread | None = field(default=None, repr=False, compare=False)
+    """Moving the weights to 2 MB pages (`hugepages`), in the background after loading; benchmarks wait for it."""
 
     @property
     def context_length(self) -> int:
@@ -229,5 +234,6 @@ def load(path: str | Path, *, context: int | None = None, compute: str = "auto",
         if memory.compute == "float32":
             dequantize_model(module)
     mx.eval(module.parameters())
+    paging = use_huge_pages_later([a for _, a in tree_flatten(module.parameters())]) if on_cpu() else None
     tokenizer = Tokenizer.load(folder, eos_token_ids=config.get("eos_token_id"))
-    return Model(module, tokenizer, config, folder, memory, switched)
+    return Model(module, tokenizer, config, folder, memory, switched, _paging=paging)

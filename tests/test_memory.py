@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import mlx.core as mx
+import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
@@ -90,3 +91,70 @@ def test_parse_bytes():
 def test_plan_prints_as_one_readable_line(mlx_models):
     text = str(edge.plan(mlx_models["llama"], context=100))
     assert "KV cache" in text and "at 100 tokens" in text and "fits" in text and "\n" not in text
+
+
+def _huge_bytes_over(start: int, end: int) -> int:
+    """AnonHugePages (bytes) of the mappings that overlap [start, end), from /proc/self/smaps."""
+    import re
+    from pathlib import Path
+
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        m = re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line)
+        if m:
+            inside = int(m.group(1), 16) < end and int(m.group(2), 16) > start
+        elif inside and line.startswith("AnonHugePages:"):
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+def _thp_mode() -> str:
+    from pathlib import Path
+
+    f = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return f.read_text().split("[")[1].split("]")[0] if f.exists() else "none"
+
+
+def test_address_ranges_are_the_arrays_own_bytes():
+    import ctypes
+
+    from edge.hugepages import address_ranges
+
+    a, b = mx.arange(1000, dtype=mx.float32), mx.arange(7, dtype=mx.uint8)
+    mx.eval(a, b)
+    ranges = address_ranges([a, b, a])  # the same array twice: one range
+    assert len(ranges) == 2 and ranges == sorted(ranges) and ranges[0][1] <= ranges[1][0]
+    for arr in (a, b):
+        start = next(s for s, e in ranges if e - s == arr.nbytes)
+        assert ctypes.string_at(start, arr.nbytes) == bytes(memoryview(arr))
+
+
+@pytest.mark.skipif(_thp_mode() in ("none", "never"), reason="transparent huge pages are off on this machine")
+def test_weights_move_to_huge_pages_unchanged():
+    from edge.hugepages import HUGE, address_ranges, use_huge_pages
+
+    a = mx.random.normal((3 * HUGE // 4 + 12345,))  # ~6 MB: at least two whole 2 MB regions
+    mx.eval(a)
+    before = np.array(a)
+    done = use_huge_pages([a])
+    if done == 0:
+        pytest.skip("this kernel does not collapse pages on request (MADV_COLLAPSE needs Linux 6.1)")
+    ((start, end),) = address_ranges([a])
+    assert done >= 2 * HUGE and _huge_bytes_over(start, end) >= done
+    assert np.array_equal(np.array(a), before)
+
+
+@pytest.mark.skipif(_thp_mode() in ("none", "never"), reason="transparent huge pages are off on this machine")
+def test_load_moves_every_weight_to_huge_pages_in_the_background(gguf_model, tmp_path, monkeypatch):
+    from edge import hugepages
+    from edge.converters import convert
+
+    done, collapse = [], hugepages.collapse
+    monkeypatch.setattr(hugepages, "collapse", lambda regions: done.append((regions, collapse(regions))))
+    folder = tmp_path / "q"
+    convert(gguf_model, folder, progress=False)
+    model = edge.load(folder)
+    model._paging.join(timeout=60)
+    assert not model._paging.is_alive()
+    weights = hugepages.regions([a for _, a in tree_flatten(model.module.parameters())])
+    assert len(done) == 1 and done[0][0] == weights and done[0][1] > 0
