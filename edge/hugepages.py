@@ -70,13 +70,14 @@ def all_resident(libc, region: int) -> bool:
     return libc.mincore(region, HUGE, pages) == 0 and all(p & 1 for p in pages)
 
 
-def collapse(regions: list[int]) -> int:
-    """Collapse each 2 MB region whose pages are all in memory into one huge page; return the bytes done."""
+def collapse(starts: list[int]) -> int:
+    """Collapse each 2 MB region (by start address) whose pages are all in memory into one huge page; return
+    the bytes done. A region freed or unmapped meanwhile is skipped or left as it is (errors are ignored)."""
     libc = _libc()
     if libc is None:
         return 0
     done = 0
-    for region in regions:
+    for region in starts:
         if all_resident(libc, region):
             libc.madvise(region, HUGE, MADV_HUGEPAGE)
             done += HUGE if libc.madvise(region, HUGE, MADV_COLLAPSE) == 0 else 0
