@@ -2,7 +2,8 @@
 
 For each drafter and prompt class (input-grounded tasks, open chat; prompts in `assets/spec_prompts.json`):
 decode tok/s over the class, the ratio to plain decoding measured in the same run, the acceptance rate,
-and whether greedy output was identical to plain. `--repeats R` runs plain decoding and every drafter R
+accepted drafts per verify step, the share of time spent drafting (against verifying), and whether greedy
+output was identical to plain (`--json` also has the counts and seconds). `--repeats R` runs plain decoding and every drafter R
 times, interleaved (plain, each drafter, plain, ...), so drift on a shared machine hits both sides of a
 ratio alike; the table gives medians (and the range of the ratios). With a draft model and
 `--peers mlx_lm`, mlx-lm's `stream_generate(draft_model=...)` runs on the same prompts in a child process
@@ -47,7 +48,9 @@ def prompt_suite() -> dict[str, list[str]]:
 def _run(model, prompts: list[list[int]], sampling: Sampling, drafter, fixed_length: int | None = None) -> dict:
     from .generate import stream_events
 
-    tokens, seconds, drafted, accepted, outputs, generated = 0, 0.0, 0, 0, [], 0
+    tokens, seconds, outputs, generated = 0, 0.0, [], 0
+    drafted = accepted = steps = 0
+    draft_s = verify_s = 0.0
     for ids in prompts:
         done = [
             e
@@ -60,13 +63,21 @@ def _run(model, prompts: list[list[int]], sampling: Sampling, drafter, fixed_len
         tokens += max(s.generation_tokens - 1, 0)  # decode tok/s excludes the first token (prefill)
         seconds += max(s.generation_tokens - 1, 0) / s.decode_tps if s.decode_tps else 0.0
         if s.draft:
-            drafted, accepted = drafted + s.draft.drafted, accepted + s.draft.accepted
+            drafted, accepted, steps = (
+                drafted + s.draft.drafted,
+                accepted + s.draft.accepted,
+                steps + s.draft.verify_steps,
+            )
+            draft_s, verify_s = draft_s + s.draft.draft_s, verify_s + s.draft.verify_s
         outputs.append(done.token_ids)
         generated += s.generation_tokens
     return {
         "decode_tps": tokens / seconds if seconds else 0.0,
         "drafted": drafted,
         "accepted": accepted,
+        "verify_steps": steps,
+        "draft_s": draft_s,
+        "verify_s": verify_s,
         "outputs": outputs,
         "from_draft": accepted / max(generated, 1),
     }
@@ -116,8 +127,10 @@ def run_speculative_bench(model, args) -> int:
 
 
 def _summary(name: str, cls: str, runs: list[dict]) -> dict:
-    """One row from the repeats: median tok/s and ratio, acceptance over all runs, identical in every run."""
-    drafted, accepted = sum(r.get("drafted", 0) for r in runs), sum(r.get("accepted", 0) for r in runs)
+    """One row from the repeats: median tok/s and ratio, identical in every run, and the drafting figures
+    summed over all runs (acceptance, accepted drafts per verify step, seconds drafting and verifying)."""
+    total = {k: sum(r.get(k, 0) for r in runs) for k in ("drafted", "accepted", "verify_steps", "draft_s", "verify_s")}
+    drafted, accepted = total["drafted"], total["accepted"]
     ratios = [r["ratio"] for r in runs if r["ratio"] is not None]
     row = _row(
         name,
@@ -130,6 +143,9 @@ def _summary(name: str, cls: str, runs: list[dict]) -> dict:
     )
     row["ratio_range"] = [min(ratios), max(ratios)] if ratios else None
     row["runs"] = len(runs)
+    if name != "plain":
+        steps = total["verify_steps"]
+        row.update(total, accepted_per_step=accepted / steps if steps else 0.0)
     return row
 
 
@@ -181,7 +197,8 @@ def _print(model, rows: list[dict], args) -> None:
         title=f"speculative decoding: {model.path.name}, temperature {args.temperature}, {args.max_tokens} tokens per "
         f"prompt, {runs} interleaved run{'s' if runs > 1 else ''}" + (" (medians)" if runs > 1 else "")
     )
-    for col in ("drafter", "prompts", "decode tok/s", "vs plain", "range", "acceptance", "from draft", "identical"):
+    columns = ("drafter", "prompts", "decode tok/s", "vs plain", "range", "acceptance", "per step", "drafting")
+    for col in (*columns, "from draft", "identical"):
         t.add_column(col, justify="left" if col in ("drafter", "prompts") else "right")
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     for r in rows:
@@ -189,6 +206,7 @@ def _print(model, rows: list[dict], args) -> None:
         name = r["drafter"] if len(r["drafter"]) < 24 else "..." + r["drafter"][-21:]
         ratio = fmt(r["ratio"], ".2f") + ("x" if r["ratio"] else "")
         span = r.get("ratio_range")
+        busy = r.get("draft_s", 0.0) + r.get("verify_s", 0.0)
         t.add_row(
             name,
             r["prompt_class"],
@@ -196,6 +214,8 @@ def _print(model, rows: list[dict], args) -> None:
             ratio,
             "-" if not span or r["drafter"] == "plain" else f"{span[0]:.2f}-{span[1]:.2f}",
             fmt(r["acceptance"], ".0%"),
+            fmt(r.get("accepted_per_step"), ".2f"),
+            fmt(r["draft_s"] / busy if busy else None, ".0%"),  # the share of the steps' time spent drafting
             fmt(r["from_draft"], ".0%"),
             same,
         )

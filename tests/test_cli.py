@@ -56,7 +56,8 @@ def test_help_is_fast_and_lists_commands():
 
 def test_bench_draft_prints_one_row_per_drafter_and_class(tmp_path, tokenizer):
     """`edge bench --draft lookup,auto --json`: the keys the issue fixes, plain rows at 1.0, greedy output
-    identical to plain in every interleaved run, acceptance within [0, 1]."""
+    identical to plain in every interleaved run, acceptance within [0, 1], drafted / accepted counts, accepted
+    drafts per verify step and seconds drafting and verifying."""
     import builders
 
     from edge.converters import convert
@@ -78,3 +79,8 @@ def test_bench_draft_prints_one_row_per_drafter_and_class(tmp_path, tokenizer):
             assert r["ratio"] == 1.0
         else:
             assert 0.0 <= r["acceptance"] <= 1.0 and r["ratio_range"][0] <= r["ratio"] <= r["ratio_range"][1]
+            # the drafting figures, summed over both runs: counts that agree with each other, and time verifying
+            assert r["verify_steps"] > 0 and 0 <= r["accepted"] <= r["drafted"]
+            assert r["acceptance"] == r["accepted"] / r["drafted"]
+            assert r["accepted_per_step"] == r["accepted"] / r["verify_steps"] <= 12
+            assert r["draft_s"] >= 0.0 and r["verify_s"] > 0.0
