@@ -138,12 +138,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def run_bench(model_path: str, args) -> int:
+def run_bench(model, args) -> int:
     import edge
 
-    model = edge.load(model_path)
-    if model._paging:  # measure the weights as they will stay: on 2 MB pages (hugepages.py)
-        model._paging.join()
     prompt = bench_prompt(model, args.prompt_tokens)
     results = {"edge": run_edge(model, prompt, args.max_tokens, args.repeats)}
     peers = [p.strip() for p in (args.peers or "mlx_lm,llama_cpp").split(",") if p.strip() and p.strip() != "none"]

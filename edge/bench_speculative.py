@@ -3,9 +3,9 @@
 For each drafter and prompt class (input-grounded tasks, open chat; prompts in `assets/spec_prompts.json`):
 decode tok/s over the class, the ratio to plain decoding measured in the same run, the acceptance rate,
 accepted drafts per verify step, the share of time spent drafting (against verifying), and whether greedy
-output was identical to plain (`--json` also has the counts and seconds). `--repeats R` runs plain decoding and every drafter R
-times, interleaved (plain, each drafter, plain, ...), so drift on a shared machine hits both sides of a
-ratio alike; the table gives medians (and the range of the ratios). With a draft model and
+output was identical to plain (`--json` also has the counts and seconds). `--repeats R` runs plain decoding
+and every drafter R times, interleaved (plain, each drafter, plain, ...), so drift on a shared machine hits
+both sides of a ratio alike; the table gives medians (and the range of the ratios). With a draft model and
 `--peers mlx_lm`, mlx-lm's `stream_generate(draft_model=...)` runs on the same prompts in a child process
 (its acceptance counts the tokens it reports `from_draft`).
 """
@@ -86,8 +86,6 @@ def _run(model, prompts: list[list[int]], sampling: Sampling, drafter, fixed_len
 def run_speculative_bench(model, args) -> int:
     from .speculative import make_drafter
 
-    if model._paging:  # measure the weights as they will stay: on 2 MB pages (hugepages.py)
-        model._paging.join()
     suite = prompt_suite()
     chat = model.tokenizer.has_chat_template
     prompts = {cls: [model.encode(p, chat=chat) for p in texts] for cls, texts in suite.items()}

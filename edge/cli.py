@@ -137,15 +137,18 @@ def cmd_chat(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    if a.draft:
-        import edge
+    import edge
 
+    model = edge.load(_resolve_model(a.model))
+    if model._paging:  # measure the weights as they will stay: on 2 MB pages (hugepages.py)
+        model._paging.join()
+    if a.draft:
         from .bench_speculative import run_speculative_bench
 
-        return run_speculative_bench(edge.load(_resolve_model(a.model)), a)
+        return run_speculative_bench(model, a)
     from .bench import run_bench
 
-    return run_bench(_resolve_model(a.model), a)
+    return run_bench(model, a)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ older kernel or with THP 'never', nothing happens.
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 import threading
 
@@ -52,6 +53,7 @@ def regions(arrays: list[mx.array]) -> list[int]:
     return sorted(found)
 
 
+@functools.cache
 def _libc():
     if not sys.platform.startswith("linux"):
         return None

@@ -108,11 +108,27 @@ def _huge_bytes_over(start: int, end: int) -> int:
     return total
 
 
-def _thp_mode() -> str:
+def _huge_pages_here() -> bool:
+    """Linux 6.1+ (MADV_COLLAPSE) with transparent huge pages not switched off: true on this machine."""
+    import platform
+    import re
+    import sys
     from pathlib import Path
 
     f = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    return f.read_text().split("[")[1].split("]")[0] if f.exists() else "none"
+    release = re.match(r"(\d+)\.(\d+)", platform.release())
+    return (
+        sys.platform.startswith("linux")
+        and f.exists()
+        and "[never]" not in f.read_text()
+        and release is not None
+        and (int(release.group(1)), int(release.group(2))) >= (6, 1)
+    )
+
+
+needs_huge_pages = pytest.mark.skipif(
+    not _huge_pages_here(), reason="2 MB pages on request need Linux 6.1+ with transparent huge pages on"
+)
 
 
 def test_address_ranges_are_the_arrays_own_bytes():
@@ -129,7 +145,7 @@ def test_address_ranges_are_the_arrays_own_bytes():
         assert ctypes.string_at(start, arr.nbytes) == bytes(memoryview(arr))
 
 
-@pytest.mark.skipif(_thp_mode() in ("none", "never"), reason="transparent huge pages are off on this machine")
+@needs_huge_pages
 def test_weights_move_to_huge_pages_unchanged():
     from edge.hugepages import HUGE, address_ranges, use_huge_pages
 
@@ -137,14 +153,12 @@ def test_weights_move_to_huge_pages_unchanged():
     mx.eval(a)
     before = np.array(a)
     done = use_huge_pages([a])
-    if done == 0:
-        pytest.skip("this kernel does not collapse pages on request (MADV_COLLAPSE needs Linux 6.1)")
     ((start, end),) = address_ranges([a])
     assert done >= 2 * HUGE and _huge_bytes_over(start, end) >= done
     assert np.array_equal(np.array(a), before)
 
 
-@pytest.mark.skipif(_thp_mode() in ("none", "never"), reason="transparent huge pages are off on this machine")
+@needs_huge_pages
 def test_load_moves_every_weight_to_huge_pages_in_the_background(gguf_model, tmp_path, monkeypatch):
     from edge import hugepages
     from edge.converters import convert
