@@ -3,7 +3,8 @@
 Peers run in a child process that never imports edge, so they get exactly what a user gets out of the
 box (for mlx-lm on Linux: MLX's bundled reference BLAS, and the folder's fp16 scales; for llama.cpp,
 llama-cpp-python on the GGUF the folder was converted from, with every core). All engines get the
-same prompt token ids and greedy decoding with end-of-sequence disabled, so they decode the same count.
+same prompt token ids and the same sampling (greedy unless --temperature, then also --top-p, --min-p and
+--top-k, seed 0) with end-of-sequence disabled, so they decode the same count.
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ from pathlib import Path
 MLX_LM_CHILD = r"""
 import json, sys
 args = json.loads(sys.argv[1])
+import mlx.core as mx
 from mlx_lm import load, stream_generate
+from mlx_lm.sample_utils import make_sampler
 model, tokenizer = load(args["model"])
 tokenizer.eos_token_ids = set()
+s = args["sampling"]
+sampler = make_sampler(temp=s["temperature"], top_p=s["top_p"] if s["top_p"] < 1 else 0.0, min_p=s["min_p"], top_k=s["top_k"])
+mx.random.seed(0)
 last = None
-for last in stream_generate(model, tokenizer, args["prompt"], max_tokens=args["max_tokens"]):
+for last in stream_generate(model, tokenizer, args["prompt"], max_tokens=args["max_tokens"], sampler=sampler):
     pass
 print(json.dumps({"prompt_tps": last.prompt_tps, "decode_tps": last.generation_tps,
                   "prompt_tokens": last.prompt_tokens, "decode_tokens": last.generation_tokens,
@@ -44,13 +50,14 @@ if args.get("no_extra_buffers"):  # llama.cpp's weight-repacking buffer types (A
         return p
     low_level.llama_model_default_params = without_extra_buffers
 llm = Llama(model_path=args["gguf"], n_threads=os.cpu_count(), n_ctx=len(args["prompt"]) + args["max_tokens"] + 8,
-            verbose=False)
+            seed=0, verbose=False)
+s = args["sampling"]  # top_k 0: off in llama.cpp too
 def once(n):
     llm.reset()
     t = time.perf_counter(); llm.eval(args["prompt"]); prompt_s = time.perf_counter() - t
     t = time.perf_counter()
     for _ in range(n):
-        llm.eval([llm.sample(temp=0.0)])
+        llm.eval([llm.sample(temp=s["temperature"], top_p=s["top_p"], min_p=s["min_p"], top_k=s["top_k"])])
     return prompt_s, time.perf_counter() - t
 once(8)
 runs = sorted((once(args["max_tokens"]) for _ in range(args["repeats"])), key=lambda r: r[1])
@@ -75,13 +82,27 @@ def bench_prompt(model, n_tokens: int) -> list[int]:
     return ids[:n_tokens]
 
 
-def run_edge(model, prompt: list[int], max_tokens: int, repeats: int) -> dict:
+def bench_sampling(args) -> dict:
+    """The sampling every engine gets: greedy, or --temperature with --top-p, --min-p and --top-k."""
+    return {k: getattr(args, k, d) for k, d in (("temperature", 0.0), ("top_p", 1.0), ("min_p", 0.0), ("top_k", 0))}
+
+
+def describe_sampling(sampling: dict) -> str:
+    """'greedy', or the settings that are on ('temperature 0.7, top-p 0.9, min-p 0.05')."""
+    if not sampling["temperature"]:
+        return "greedy"
+    off = {"temperature": None, "top_p": 1.0, "min_p": 0.0, "top_k": 0}
+    return ", ".join(f"{k.replace('_', '-')} {v}" for k, v in sampling.items() if v != off[k])
+
+
+def run_edge(model, prompt: list[int], max_tokens: int, repeats: int, sampling: dict | None = None) -> dict:
     from .events import Done
     from .generate import stream_events
     from .sampling import Sampling
 
     def once(n: int) -> Done:
-        for event in stream_events(model, prompt, model.make_cache(), Sampling(max_tokens=n), eos=set()):
+        settings = Sampling(max_tokens=n, seed=0, **(sampling or {}))
+        for event in stream_events(model, prompt, model.make_cache(), settings, eos=set()):
             if isinstance(event, Done):
                 return event
         raise AssertionError("no Done")
@@ -97,8 +118,10 @@ def run_edge(model, prompt: list[int], max_tokens: int, repeats: int) -> dict:
     }
 
 
-def run_mlx_lm(model_path: str, prompt: list[int], max_tokens: int) -> dict:
-    args = json.dumps({"model": model_path, "prompt": prompt, "max_tokens": max_tokens})
+def run_mlx_lm(model_path: str, prompt: list[int], max_tokens: int, sampling: dict | None = None) -> dict:
+    args = json.dumps(
+        {"model": model_path, "prompt": prompt, "max_tokens": max_tokens, "sampling": _or_greedy(sampling)}
+    )
     done = subprocess.run([sys.executable, "-c", MLX_LM_CHILD, args], capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -114,14 +137,26 @@ def source_gguf(model_path: Path) -> Path | None:
     return source if source.suffix == ".gguf" and source.is_file() else None
 
 
-def run_llama_cpp(gguf: Path | None, prompt: list[int], max_tokens: int, repeats: int) -> dict:
+def _or_greedy(sampling: dict | None) -> dict:
+    return sampling or {"temperature": 0.0, "top_p": 1.0, "min_p": 0.0, "top_k": 0}
+
+
+def run_llama_cpp(
+    gguf: Path | None, prompt: list[int], max_tokens: int, repeats: int, sampling: dict | None = None
+) -> dict:
     import importlib.util
 
     if importlib.util.find_spec("llama_cpp") is None:
         return {"error": "llama-cpp-python is not installed (pip install -e '.[bench]')"}
     if gguf is None:
         return {"error": "no GGUF for this model: pass --gguf, or convert the model from a GGUF"}
-    args = {"gguf": str(gguf), "prompt": prompt, "max_tokens": max_tokens, "repeats": max(repeats, 1)}
+    args = {
+        "gguf": str(gguf),
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "repeats": max(repeats, 1),
+        "sampling": _or_greedy(sampling),
+    }
     done = subprocess.run([sys.executable, "-c", LLAMA_CPP_CHILD, json.dumps(args)], capture_output=True, text=True)
     note = None
     if done.returncode < 0:  # killed by a signal: seen with llama.cpp's AMX kernels (SIGSEGV) on a KVM Xeon
@@ -142,14 +177,15 @@ def run_bench(model, args) -> int:
     import edge
 
     prompt = bench_prompt(model, args.prompt_tokens)
-    results = {"edge": run_edge(model, prompt, args.max_tokens, args.repeats)}
+    sampling = bench_sampling(args)
+    results = {"edge": run_edge(model, prompt, args.max_tokens, args.repeats, sampling)}
     peers = [p.strip() for p in (args.peers or "mlx_lm,llama_cpp").split(",") if p.strip() and p.strip() != "none"]
     for peer in peers:
         if peer == "mlx_lm":
-            results["mlx_lm"] = run_mlx_lm(str(model.path), prompt, args.peer_tokens)
+            results["mlx_lm"] = run_mlx_lm(str(model.path), prompt, args.peer_tokens, sampling)
         elif peer == "llama_cpp":
             gguf = Path(args.gguf) if getattr(args, "gguf", None) else source_gguf(model.path)
-            results["llama_cpp"] = run_llama_cpp(gguf, prompt, args.max_tokens, args.repeats)
+            results["llama_cpp"] = run_llama_cpp(gguf, prompt, args.max_tokens, args.repeats, sampling)
         else:
             raise edge.EdgeError(f"unknown peer '{peer}'; available: mlx_lm, llama_cpp, none")
     e, m, lc = results["edge"], results.get("mlx_lm", {}), results.get("llama_cpp", {})
@@ -160,6 +196,7 @@ def run_bench(model, args) -> int:
         "blas": model.describe()["blas"],
         "kernels": model.describe()["kernels"],
         "prompt_tokens": len(prompt),
+        "sampling": sampling,
         "edge_decode_tps": e["decode_tps"],
         "mlx_lm_decode_tps": m.get("decode_tps"),
         "decode_ratio": _ratio(e["decode_tps"], m.get("decode_tps")),
@@ -211,6 +248,7 @@ def _print_table(s: dict) -> None:
             "",
         )
     Console().print(t)
+    Console().print(f"sampling (every engine, seed 0): {describe_sampling(s['sampling'])}")
     Console().print(f"BLAS: {s['blas']}; kernels: {s['kernels']}")
     for name, r in s["engines"].items():
         if r.get("note"):

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from importlib.resources import files
 
+from .bench import bench_sampling, describe_sampling
 from .events import Done
 from .sampling import Sampling
 
@@ -28,7 +29,8 @@ from mlx_lm import load, stream_generate
 from mlx_lm.sample_utils import make_sampler
 model, tok = load(args["model"])
 draft, _ = load(args["draft"])
-sampler = make_sampler(temp=args["temperature"])
+s = args["sampling"]
+sampler = make_sampler(temp=s["temperature"], top_p=s["top_p"] if s["top_p"] < 1 else 0.0, min_p=s["min_p"], top_k=s["top_k"])
 tokens = drafted = 0
 seconds = 0.0
 for prompt in args["prompts"]:
@@ -89,7 +91,7 @@ def run_speculative_bench(model, args) -> int:
     suite = prompt_suite()
     chat = model.tokenizer.has_chat_template
     prompts = {cls: [model.encode(p, chat=chat) for p in texts] for cls, texts in suite.items()}
-    sampling = Sampling(max_tokens=args.max_tokens, temperature=args.temperature, seed=0)
+    sampling = Sampling(max_tokens=args.max_tokens, seed=0, **bench_sampling(args))
     names = [d.strip() for d in args.draft.split(",") if d.strip()]
     if names == ["all"]:
         names = ["lookup", "auto", "self:4"] + ([args.draft_model] if args.draft_model else [])
@@ -154,7 +156,7 @@ def _mlx_lm_row(model_path: str, draft: str, cls: str, prompts: list[list[int]],
             "draft": draft,
             "prompts": prompts,
             "max_tokens": args.max_tokens,
-            "temperature": args.temperature,
+            "sampling": bench_sampling(args),
             "draft_length": args.draft_length or 4,
         }
     )
@@ -191,9 +193,10 @@ def _print(model, rows: list[dict], args) -> None:
     from rich.table import Table
 
     runs = max(1, args.repeats)
+    sampled = describe_sampling(bench_sampling(args))
     t = Table(
-        title=f"speculative decoding: {model.path.name}, temperature {args.temperature}, {args.max_tokens} tokens per "
-        f"prompt, {runs} interleaved run{'s' if runs > 1 else ''}" + (" (medians)" if runs > 1 else "")
+        title=f"speculative decoding: {model.path.name}, {sampled}, {args.max_tokens} tokens per prompt, "
+        f"{runs} interleaved run{'s' if runs > 1 else ''}" + (" (medians)" if runs > 1 else "")
     )
     columns = ("drafter", "prompts", "decode tok/s", "vs plain", "range", "acceptance", "per step", "drafting")
     for col in (*columns, "from draft", "identical"):

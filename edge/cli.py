@@ -236,7 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gguf", default=None, help="the GGUF for the llama_cpp peer (default: the model's source)")
     p.add_argument("--draft", default=None, help="compare drafters instead: lookup,auto,self:4,DRAFT_FOLDER or all")
     p.add_argument("--draft-model", default=None, help="with --draft all: also bench this draft model folder")
-    p.add_argument("--temperature", type=float, default=0.0, help="with --draft: sample at this temperature (seed 0)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sample at this temperature, seed 0, every engine alike (default 0: greedy; edge chat: 0.7)",
+    )
+    p.add_argument("--top-p", type=float, default=1.0, help="with --temperature (edge chat: 0.9)")
+    p.add_argument("--min-p", type=float, default=0.0, help="with --temperature (edge chat: 0.05)")
+    p.add_argument("--top-k", type=int, default=0, help="with --temperature")
     p.add_argument(
         "--draft-length",
         type=int,

@@ -84,3 +84,18 @@ def test_bench_draft_prints_one_row_per_drafter_and_class(tmp_path, tokenizer):
             assert r["acceptance"] == r["accepted"] / r["drafted"]
             assert r["accepted_per_step"] == r["accepted"] / r["verify_steps"] <= 12
             assert r["draft_s"] >= 0.0 and r["verify_s"] > 0.0
+
+
+def test_bench_samples_as_told(mlx_models):
+    """`edge bench --temperature 0.7 --top-p 0.9 --min-p 0.05` (edge chat's settings): every engine samples so
+    (seed 0), decodes the asked count (end-of-sequence off), and the JSON and the table say how it sampled."""
+    args = ("bench", str(mlx_models["llama"]), "--peers", "none", "--max-tokens", "8", "--repeats", "1")
+    sampled = ("--temperature", "0.7", "--top-p", "0.9", "--min-p", "0.05")
+    proc = run_cli(*args, *sampled, "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["sampling"] == {"temperature": 0.7, "top_p": 0.9, "min_p": 0.05, "top_k": 0}
+    assert summary["engines"]["edge"]["decode_tokens"] == 8 and summary["edge_decode_tps"] > 0
+    table = run_cli(*args, *sampled, env_extra={"COLUMNS": "200"}).stdout
+    assert "temperature 0.7, top-p 0.9, min-p 0.05" in table
+    assert "greedy" in run_cli(*args, env_extra={"COLUMNS": "200"}).stdout

@@ -12,7 +12,7 @@ from scipy.stats import chisquare
 import edge
 from edge.events import Done, DraftStats
 from edge.generate import stream_events
-from edge.sampling import Sampling, make_processors
+from edge.sampling import Candidates, Sampling, make_processors
 from edge.speculative import DraftLength, ModelDrafter, PromptLookup, make_drafter
 from edge.speculative.decode import speculative_token_stream
 from edge.speculative.verify import accept_greedy, accept_sampled
@@ -205,13 +205,17 @@ def test_rejection_sampling_reproduces_p(deterministic):
     rng = np.random.default_rng(0)
     p = np.array([[0.05, 0.4, 0.15, 0.3, 0.1]], dtype=np.float32)
     q = np.array([[0.5, 0.1, 0.1, 0.1, 0.2]], dtype=np.float32)
-    p2 = np.concatenate([p, p[:, ::-1]])  # position 1 is the bonus distribution
+    p2 = [dense(p[0]), dense(p[0, ::-1])]  # position 1 is the bonus distribution
     counts = np.zeros(5)
     for _ in range(20000):
         d = 0 if deterministic else int(rng.choice(5, p=q[0]))
-        n, nxt = accept_sampled(mx.array(p2), [d], None if deterministic else mx.array(q), rng)
+        n, nxt = accept_sampled(p2, [d], None if deterministic else [dense(q[0])], rng)
         counts[d if n == 1 else nxt] += 1
     assert chi2_p(counts, p[0].astype(np.float64)) > 1e-3
+
+
+def dense(probs: np.ndarray) -> Candidates:
+    return Candidates(np.arange(probs.size), probs.astype(np.float64) / probs.sum(), probs.size)
 
 
 def test_chi_square_catches_a_wrong_acceptance_rule():
@@ -243,38 +247,60 @@ class MarkovLM:
         return self.table[inputs]
 
 
-def test_speculative_samples_follow_the_targets_distribution():
+class FixedDrafter:
+    """Deterministic drafts, as prompt lookup's (q one-hot): always the same ids."""
+
+    name = "fixed"
+
+    def prepare(self, tokens):
+        pass
+
+    def sync(self, tokens):
+        pass
+
+    def propose(self, tokens, k, distribution):
+        return [2, 5, 2, 7][:k], None
+
+
+@pytest.mark.parametrize(
+    "sampling, drafter",
+    [
+        (Sampling(temperature=1.0), "model"),
+        (Sampling(temperature=0.7, top_p=0.8, min_p=0.05), "model"),  # drafts often outside the target's filters
+        (Sampling(temperature=0.7, top_p=0.8, min_p=0.05), "fixed"),
+    ],
+    ids=["t1-draft-model", "filtered-draft-model", "filtered-deterministic"],
+)
+def test_speculative_samples_follow_the_targets_distribution(sampling, drafter):
+    from test_sampling import reference64
+
     rng = np.random.default_rng(1)
     t_logits = rng.normal(size=(8, 8)) * 1.5
     d_logits = t_logits + rng.normal(size=(8, 8)) * 1.5  # a decent but wrong draft
     target, draft = MarkovLM(t_logits), MarkovLM(d_logits)
-    sampling = Sampling(temperature=1.0, max_tokens=2)
-    P = np.exp(t_logits) / np.exp(t_logits).sum(-1, keepdims=True)
+    P = np.stack([reference64(row.astype(np.float32), sampling) for row in t_logits])  # the filtered target
     prompt = [3, 1]
     exact_second = P[prompt[-1]] @ P  # P(x2) = sum_x1 P(x1 | 1) P(x2 | x1)
     counts1, counts2 = np.zeros(8), np.zeros(8)
     for seed in range(3000):
-        mx.random.seed(seed)
-        s = Sampling(temperature=1.0, max_tokens=2, seed=seed)
-        drafter = ModelDrafter(draft, "markov")
         out = list(
             speculative_token_stream(
                 target,
                 prompt,
                 target.make_cache(),
-                s,
+                sampling.with_(seed=seed, max_tokens=2),
                 make_processors(sampling),
                 2,
                 prompt,
-                drafter,
+                ModelDrafter(draft, "markov") if drafter == "model" else FixedDrafter(),
                 DraftStats("m"),
                 DraftLength(k_start=3, t_plain=1.0, t_sync=1.0),
             )
         )
         counts1[out[0]] += 1
         counts2[out[1]] += 1
-    assert chi2_p(counts1, P[prompt[-1]]) > 1e-3
-    assert chi2_p(counts2, exact_second) > 1e-3
+    assert chi2_p(counts1, P[prompt[-1]]) > 1e-3 and counts1[P[prompt[-1]] == 0].sum() == 0
+    assert chi2_p(counts2, exact_second) > 1e-3 and counts2[exact_second == 0].sum() == 0
 
 
 def test_a_draft_spec_is_built_once_per_model(target):

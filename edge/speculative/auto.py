@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import time
 
-import mlx.core as mx
-
+from ..sampling import Candidates
 from .adaptive import Acceptance, DraftLength, expected_rate
 from .drafters import PromptLookup
 
@@ -73,7 +72,7 @@ class AutoDrafter:
         rate = expected_rate(self.accepts, k, self.t_second, c.step_cost(k))
         return rate > 1.02 / c.t_plain
 
-    def propose(self, tokens: list[int], k: int, distribution) -> tuple[list[int], mx.array | None]:
+    def propose(self, tokens: list[int], k: int, distribution) -> tuple[list[int], list[Candidates] | None]:
         self._account(tokens)
         self.self_accounted_s = 0.0
         drafts, _ = self.lookup.propose(tokens, k)

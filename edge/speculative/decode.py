@@ -72,10 +72,10 @@ def speculative_token_stream(
     controller = controller or controller_for(module, drafter)
     if hasattr(drafter, "attach"):
         drafter.attach(controller)  # auto's second drafter is judged with the loop's measured verify costs
-    distribution = make_distribution(sampling)
-    sampler = make_sampler(sampling)
+    rng = np.random.default_rng(sampling.seed)  # one stream for drafts, acceptance and plain bursts
+    distribution = make_distribution(sampling, rng)
+    sampler = make_sampler(sampling, rng)
     tier_of = getattr(drafter, "tier", None)  # a drafter that grades its proposals (prompt lookup)
-    rng = np.random.default_rng(sampling.seed)
     tokens = list(history)  # settled tokens; the last one is not yet in the target cache
     prefill(module, mx.array(prompt), cache)
     drafter.prepare(tokens)
@@ -101,10 +101,7 @@ def speculative_token_stream(
             if distribution is None:
                 n, nxt = accept_greedy(logits, drafts)
             else:
-                logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-                n, nxt = accept_sampled(
-                    distribution(logprobs), drafts, q[: len(drafts)] if q is not None else None, rng
-                )
+                n, nxt = accept_sampled(distribution(logits), drafts, q[: len(drafts)] if q is not None else None, rng)
             if len(drafts) > n:
                 trim_prompt_cache(cache, len(drafts) - n)  # roll back the rejected positions
             end = time.perf_counter()

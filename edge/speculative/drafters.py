@@ -17,6 +17,7 @@ import mlx.core as mx
 
 from ..cache import common_prefix, trim_to
 from ..errors import EdgeError
+from ..sampling import Candidates, argmax_ids
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -27,7 +28,7 @@ class Drafter(Protocol):
 
     def prepare(self, tokens: list[int]) -> None: ...
 
-    def propose(self, tokens: list[int], k: int, distribution) -> tuple[list[int], mx.array | None]: ...
+    def propose(self, tokens: list[int], k: int, distribution) -> tuple[list[int], list[Candidates] | None]: ...
 
     def sync(self, tokens: list[int]) -> None: ...
 
@@ -144,7 +145,7 @@ class ModelDrafter:
         trim_to(self.cache, keep)  # trimmable: checked in __init__
         self.cached = self.cached[:keep]
 
-    def propose(self, tokens: list[int], k: int, distribution) -> tuple[list[int], mx.array | None]:
+    def propose(self, tokens: list[int], k: int, distribution) -> tuple[list[int], list[Candidates] | None]:
         """Draft k tokens; the cache ends holding tokens + all drafts but the last (not yet fed)."""
         if k <= 0:
             return [], None
@@ -155,14 +156,14 @@ class ModelDrafter:
             logits = self.module(mx.array(feed)[None], cache=self.cache)[0, -1]
             self.cached += feed
             if distribution is None:
-                token = mx.argmax(logits)
+                token = int(argmax_ids(logits))
             else:
-                q = distribution(logits - mx.logsumexp(logits))
+                q = distribution(logits[None])[0]
                 qs.append(q)
-                token = mx.random.categorical(mx.log(q))
-            feed = [token.item()]
-            drafts.append(feed[0])
-        return drafts, (mx.stack(qs) if qs else None)
+                token = q.draw(distribution.rng)
+            feed = [token]
+            drafts.append(token)
+        return drafts, (qs or None)
 
 
 def check_compatible(target: Model, draft: Model) -> None:

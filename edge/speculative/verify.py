@@ -11,7 +11,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from ..sampling import argmax_ids
+from ..sampling import Candidates, argmax_ids, draw
 
 
 def accept_greedy(logits: mx.array, drafts: list[int]) -> tuple[int, int]:
@@ -24,22 +24,22 @@ def accept_greedy(logits: mx.array, drafts: list[int]) -> tuple[int, int]:
     return n, best[n]
 
 
-def accept_sampled(p: mx.array, drafts: list[int], q: mx.array | None, rng: np.random.Generator) -> tuple[int, int]:
-    """(accepted count, next token) by rejection sampling; p is (len(drafts) + 1, vocab), q (len(drafts), vocab)."""
-    p_np = np.asarray(p, dtype=np.float64)
-    q_np = None if q is None else np.asarray(q, dtype=np.float64)
+def accept_sampled(
+    p: list[Candidates], drafts: list[int], q: list[Candidates] | None, rng: np.random.Generator
+) -> tuple[int, int]:
+    """(accepted count, next token) by rejection sampling; p has len(drafts) + 1 positions (the last is the
+    bonus token's), q (the drafts' own distributions) len(drafts), or None for a deterministic drafter."""
     for i, d in enumerate(drafts):
-        q_d = 1.0 if q_np is None else q_np[i, d]
-        if q_d > 0 and rng.random() < min(1.0, p_np[i, d] / q_d):
+        p_d = p[i].prob(d)
+        q_d = 1.0 if q is None else q[i].prob(d)
+        if q_d > 0 and rng.random() < min(1.0, p_d / q_d):
             continue
-        residual = p_np[i].copy()
-        if q_np is None:
-            residual[d] = 0.0
+        if q is None:  # q one-hot at d: the residual is p without d
+            ids, residual = p[i].ids, np.where(p[i].ids == d, 0.0, p[i].probs)
         else:
-            residual = np.maximum(residual - q_np[i], 0.0)
-        total = residual.sum()
-        if total <= 0:  # p == q exactly: any rejection is measure-zero; fall back to p
-            residual, total = p_np[i], p_np[i].sum()
-        return i, int(rng.choice(residual.size, p=residual / total))
-    last = p_np[len(drafts)]
-    return len(drafts), int(rng.choice(last.size, p=last / last.sum()))
+            ids = np.arange(p[i].vocab)
+            residual = np.maximum(p[i].dense() - q[i].dense(), 0.0)
+        if residual.sum() <= 0:  # p == q exactly: any rejection is measure-zero; fall back to p
+            ids, residual = p[i].ids, p[i].probs
+        return i, draw(ids, residual, rng)
+    return len(drafts), p[len(drafts)].draw(rng)
