@@ -11,7 +11,7 @@ model's own step; NumPy's takes ~0.1 ms.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import mlx.core as mx
@@ -179,12 +179,12 @@ class Filters:
         if self.rng is None:
             self.rng = np.random.default_rng(self.sampling.seed)
 
-    def __call__(self, logits: mx.array) -> list[Candidates]:
-        """logits (positions, vocab) -> one `Candidates` per position."""
+    def __call__(self, logits: mx.array) -> Sequence[Candidates]:
+        """logits (positions, vocab) -> one `Candidates` per position, each computed when first read
+        (verification stops reading at the first rejected draft)."""
         if logits.dtype != mx.float32:
             logits = logits.astype(mx.float32)
-        rows = np.asarray(logits).reshape(-1, logits.shape[-1])
-        return [self.candidates(row) for row in rows]
+        return _Rows(np.asarray(logits).reshape(-1, logits.shape[-1]), self.candidates)
 
     def candidates(self, a: np.ndarray) -> Candidates:
         s, vocab = self.sampling, a.shape[-1]
@@ -221,6 +221,21 @@ class Filters:
         if within is None:
             return np.flatnonzero(a >= threshold)
         return within[a[within] >= threshold]
+
+
+class _Rows(Sequence[Candidates]):
+    def __init__(self, rows: np.ndarray, make: Callable[[np.ndarray], Candidates]):
+        self.rows, self.make, self.done = rows, make, [None] * len(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if self.done[i] is None:
+            self.done[i] = self.make(self.rows[i])
+        return self.done[i]
 
 
 class CandidateSampler:

@@ -8,6 +8,8 @@ tokens then follow p exactly; a deterministic drafter (prompt lookup) is the cas
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import mlx.core as mx
 import numpy as np
 
@@ -25,7 +27,7 @@ def accept_greedy(logits: mx.array, drafts: list[int]) -> tuple[int, int]:
 
 
 def accept_sampled(
-    p: list[Candidates], drafts: list[int], q: list[Candidates] | None, rng: np.random.Generator
+    p: Sequence[Candidates], drafts: list[int], q: Sequence[Candidates] | None, rng: np.random.Generator
 ) -> tuple[int, int]:
     """(accepted count, next token) by rejection sampling; p has len(drafts) + 1 positions (the last is the
     bonus token's), q (the drafts' own distributions) len(drafts), or None for a deterministic drafter."""
