@@ -280,3 +280,31 @@ def test_store_survives_a_crash_mid_write(tmp_path):
     (conversation,) = store.conversations()
     (message,) = store.messages(conversation.id)
     assert message.status == "streaming" and len(message.content) > 10 and set(message.content) == {"x"}
+
+
+async def test_a_streaming_reply_redraws_the_screen_only_now_and_then(tiny, tmp_path, monkeypatch):
+    """The screen is not redrawn for every token (the UI thread shares the cores with the model): at most every
+    50 ms, and 20 times as long as the last update took. Timed by a clock that moves 10 ms per reading."""
+    import itertools
+    from types import SimpleNamespace
+
+    import edge.apps.chat.app as chat_app
+
+    readings = itertools.count(0.0, 0.01)
+    monkeypatch.setattr(chat_app, "time", SimpleNamespace(perf_counter=lambda: next(readings)))
+    shown = []
+    append = ConversationView.append
+
+    async def counted(self, view, text):
+        shown.append(text)
+        await append(self, view, text)
+
+    monkeypatch.setattr(ConversationView, "append", counted)
+    app = make_app(tiny, tmp_path, settings={"max_tokens": 80})
+    async with app.run_test() as pilot:
+        await send(pilot, app, "Hello there")
+        await wait_reply(pilot, app)
+        reply = app.query_one(ConversationView).messages()[-1]
+        tokens = app.store.messages(app.current.id)[-1].stats["generation_tokens"]
+        assert tokens >= 40 and 1 <= len(shown) <= tokens // 4  # each update: 10 ms, so 200 ms (20 tokens) apart
+        assert reply.status == "done" and reply.content.startswith("".join(shown))  # the rest: drawn once at the end
