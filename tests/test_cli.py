@@ -84,6 +84,11 @@ def test_bench_draft_prints_one_row_per_drafter_and_class(tmp_path, tokenizer):
             assert r["acceptance"] == r["accepted"] / r["drafted"]
             assert r["accepted_per_step"] == r["accepted"] / r["verify_steps"] <= 12
             assert r["draft_s"] >= 0.0 and r["verify_s"] > 0.0
+    # sampled (seed 0), prompt lookup's output must still be plain sampling's own (its drafts are deterministic)
+    sampled = ("--temperature", "0.8", "--top-p", "0.95", "--repeats", "1")
+    proc = run_cli("bench", str(tmp_path / "model"), "--draft", "lookup", "--max-tokens", "12", "--json", *sampled)
+    assert proc.returncode == 0, proc.stderr
+    assert all(r["identical"] is True for r in json.loads(proc.stdout))
 
 
 def test_bench_samples_as_told(mlx_models):

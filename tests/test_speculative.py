@@ -452,3 +452,19 @@ def test_auto_probes_a_second_drafter_that_does_not_pay_ever_less_often():
 def test_auto_spec_errors():
     with pytest.raises(edge.EdgeError, match="after 'auto:'"):
         make_drafter("auto:lookup", None)
+
+
+@pytest.mark.parametrize("draft", ["lookup", "auto"])
+def test_sampling_with_prompt_lookup_gives_plain_samplings_text(target, draft):
+    """Lookup's drafts are deterministic: verification draws each position's token as plain sampling does
+    (one uniform number each, in order) and keeps drafts while they match, so with a seed the text is plain
+    sampling's own, token for token, whatever was drafted."""
+    drafted = 0
+    for prompt in (REPEAT, [5, 6, 7, 5, 6, 7, 5, 6]):
+        for seed in range(3):
+            settings = dict(max_tokens=40, temperature=0.8, top_p=0.95, seed=seed)
+            plain, _ = greedy_ids(target, prompt, **settings)
+            ids, done = greedy_ids(target, prompt, draft=draft, **settings)
+            assert ids == plain, (prompt, seed)
+            drafted += done.stats.draft.drafted
+    assert drafted > 0  # drafts were verified, not just plain bursts

@@ -37,6 +37,11 @@ class AutoDrafter:
         """Seconds of the last proposal spent in the second drafter: auto judges that cost itself, so the
         loop's controller (which would switch lookup off too) does not count it."""
 
+    @property
+    def deterministic(self) -> bool:
+        """Lookup alone: sampled with a seed, the output is plain sampling's own (`PromptLookup`)."""
+        return self.second is None
+
     def attach(self, controller: DraftLength) -> None:
         """The loop's controller, whose measured verify costs decide whether the second drafter pays."""
         self.controller = controller

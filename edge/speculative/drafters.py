@@ -55,6 +55,8 @@ class PromptLookup:
     tiers: tuple[int, ...] = (2, 4)
     """Match lengths at which an unambiguous proposal moves up a tier (tier 1 below the first)."""
     name: str = "lookup"
+    deterministic = True
+    """Its drafts depend on the history alone: sampled with a seed, the output is plain sampling's own."""
     first_k: int = 4
     """Proposals are free, so the first step can draft several (on a CPU with edge's kernels verifying 2
     positions costs ~10% more than 1, each further one ~15-20%: a 1-token probe would misjudge the cost)."""

@@ -3,7 +3,10 @@
 Greedy: accept drafts while they equal the target's argmax; then emit the target's own argmax.
 Sampling: accept draft d with probability min(1, p(d) / q(d)); on the first rejection, draw from the
 residual norm(max(0, p - q)); if all k are accepted, draw a bonus token from p at position k. The emitted
-tokens then follow p exactly; a deterministic drafter (prompt lookup) is the case q = one-hot(d).
+tokens then follow p exactly. A deterministic drafter (prompt lookup: q one-hot at d) is the case where
+that rule keeps d with probability p(d) and otherwise draws from p without d, which is exactly drawing
+x ~ p and keeping d if x == d: verification does the latter, drawing each position's token the way plain
+sampling does (one uniform number each, in order), so with a seed the output is plain sampling's own.
 """
 
 from __future__ import annotations
@@ -31,17 +34,18 @@ def accept_sampled(
 ) -> tuple[int, int]:
     """(accepted count, next token) by rejection sampling; p has len(drafts) + 1 positions (the last is the
     bonus token's), q (the drafts' own distributions) len(drafts), or None for a deterministic drafter."""
+    if q is None:  # deterministic drafts: the target's own draw at each position, drafts kept while equal
+        for i, d in enumerate(drafts):
+            token = p[i].draw(rng)
+            if token != d:
+                return i, token
+        return len(drafts), p[len(drafts)].draw(rng)
     for i, d in enumerate(drafts):
-        p_d = p[i].prob(d)
-        q_d = 1.0 if q is None else q[i].prob(d)
-        if q_d > 0 and rng.random() < min(1.0, p_d / q_d):
+        q_d = q[i].prob(d)
+        if q_d > 0 and rng.random() < min(1.0, p[i].prob(d) / q_d):
             continue
-        if q is None:  # q one-hot at d: the residual is p without d
-            ids, residual = p[i].ids, np.where(p[i].ids == d, 0.0, p[i].probs)
-        else:
-            ids = np.arange(p[i].vocab)
-            residual = np.maximum(p[i].dense() - q[i].dense(), 0.0)
+        residual = np.maximum(p[i].dense() - q[i].dense(), 0.0)
         if residual.sum() <= 0:  # p == q exactly: any rejection is measure-zero; fall back to p
-            ids, residual = p[i].ids, p[i].probs
-        return i, draw(ids, residual, rng)
+            return i, p[i].draw(rng)
+        return i, draw(np.arange(p[i].vocab), residual, rng)
     return len(drafts), p[len(drafts)].draw(rng)
