@@ -3,10 +3,10 @@
 For each drafter and prompt class (input-grounded tasks, open chat; prompts in `assets/spec_prompts.json`):
 decode tok/s over the class, the ratio to plain decoding measured in the same run, the acceptance rate,
 accepted drafts per verify step, the share of time spent drafting (against verifying), and whether the
-output was identical to plain: greedy, or sampled (seed 0) with a deterministic drafter such as prompt lookup
-(`--json` also has the counts and seconds). `--repeats R` runs plain decoding
-and every drafter R times, interleaved (plain, each drafter, plain, ...), so drift on a shared machine hits
-both sides of a ratio alike; the table gives medians (and the range of the ratios). With a draft model and
+output was identical to plain: greedy, or sampled with a deterministic drafter such as prompt lookup (`--json`
+also has the counts and seconds). `--repeats R` runs plain decoding and every drafter R times, interleaved
+(plain, each drafter, plain, ...), so drift on a shared machine hits both sides of a ratio alike; the table
+gives medians (and the range of the ratios). Sampled, repeat r seeds every row's requests with r. With a draft model and
 `--peers mlx_lm`, mlx-lm's `stream_generate(draft_model=...)` runs on the same prompts in a child process
 (its acceptance counts the tokens it reports `from_draft`).
 """
@@ -92,20 +92,21 @@ def run_speculative_bench(model, args) -> int:
     suite = prompt_suite()
     chat = model.tokenizer.has_chat_template
     prompts = {cls: [model.encode(p, chat=chat) for p in texts] for cls, texts in suite.items()}
-    sampling = Sampling(max_tokens=args.max_tokens, seed=0, **bench_sampling(args))
+    sampling = Sampling(max_tokens=args.max_tokens, **bench_sampling(args))
     names = [d.strip() for d in args.draft.split(",") if d.strip()]
     if names == ["all"]:
         names = ["lookup", "auto", "self:4"] + ([args.draft_model] if args.draft_model else [])
     drafters = {name: make_drafter(name, model) for name in names}
     runs: dict[tuple[str, str], list[dict]] = {}
-    for _ in range(max(1, args.repeats)):
+    for repeat in range(max(1, args.repeats)):
+        seeded = sampling.with_(seed=repeat)  # sampled, each repeat draws other replies (the same for all rows)
         for cls, ids in prompts.items():  # interleaved: each drafter right after its plain run
-            plain = _run(model, ids, sampling, None)
+            plain = _run(model, ids, seeded, None)
             runs.setdefault(("plain", cls), []).append({**plain, "ratio": 1.0})
             for name, drafter in drafters.items():
-                r = _run(model, ids, sampling, drafter, args.draft_length)
+                r = _run(model, ids, seeded, drafter, args.draft_length)
                 r["ratio"] = r["decode_tps"] / plain["decode_tps"] if plain["decode_tps"] else None
-                # sampled (seed 0 for every run), only a deterministic drafter's output must be plain's own
+                # sampled, only a deterministic drafter's output must be plain's own (same seed)
                 exact = args.temperature == 0 or getattr(drafter, "deterministic", False)
                 r["identical"] = (r["outputs"] == plain["outputs"]) if exact else None
                 runs.setdefault((name, cls), []).append(r)

@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--temperature",
         type=float,
         default=0.0,
-        help="sample at this temperature, seed 0, every engine alike (default 0: greedy; edge chat: 0.7)",
+        help="sample at this temperature, every engine alike, seeded (default 0: greedy; edge chat: 0.7)",
     )
     p.add_argument("--top-p", type=float, default=1.0, help="with --temperature (edge chat: 0.9)")
     p.add_argument("--min-p", type=float, default=0.0, help="with --temperature (edge chat: 0.05)")
