@@ -137,7 +137,7 @@ class Candidates:
     min-p and top-k keep a few dozen of a 49k vocabulary; with no filter, every id."""
 
     ids: np.ndarray
-    """Ascending, or any order when fewer than `vocab` (all of them: 0..vocab-1 in order)."""
+    """In any order; when it holds every id, 0..vocab-1 in order."""
     probs: np.ndarray
     vocab: int
 
@@ -224,6 +224,8 @@ class Filters:
 
 
 class _Rows(Sequence[Candidates]):
+    """`Filters`' output: each row's `Candidates` computed when first read."""
+
     def __init__(self, rows: np.ndarray, make: Callable[[np.ndarray], Candidates]):
         self.rows, self.make, self.done = rows, make, [None] * len(rows)
 

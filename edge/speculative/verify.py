@@ -32,9 +32,10 @@ def accept_greedy(logits: mx.array, drafts: list[int]) -> tuple[int, int]:
 def accept_sampled(
     p: Sequence[Candidates], drafts: list[int], q: Sequence[Candidates] | None, rng: np.random.Generator
 ) -> tuple[int, int]:
-    """(accepted count, next token) by rejection sampling; p has len(drafts) + 1 positions (the last is the
-    bonus token's), q (the drafts' own distributions) len(drafts), or None for a deterministic drafter."""
-    if q is None:  # deterministic drafts: the target's own draw at each position, drafts kept while equal
+    """(accepted count, next token); p has len(drafts) + 1 positions (the last is the bonus token's), q (the
+    drafts' own distributions) len(drafts): rejection sampling. q None (deterministic drafts): the target's
+    own draw at each position, drafts kept while they equal it."""
+    if q is None:
         for i, d in enumerate(drafts):
             token = p[i].draw(rng)
             if token != d:
