@@ -163,14 +163,44 @@ def draw(ids: np.ndarray, weights: np.ndarray, rng: np.random.Generator) -> int:
     return int(ids[min(at, len(ids) - 1)])
 
 
+def keep_top_p(a: np.ndarray, ids: np.ndarray | None, top_p: float) -> np.ndarray:
+    """Of `ids` (None: all), those top-p keeps: ranked by probability, each whose mass above it is below top_p
+    of the whole vocabulary's, and any tied with the last of them (mlx-lm's threshold). Only values are
+    sorted, and only the nearest to the top that hold the nucleus (a few dozen of SmolLM2's 49k, typically)."""
+    top = a.max()
+    weights = np.exp(a - top)
+    goal = top_p * float(weights.sum(dtype=np.float64))
+    values = a
+    for width in (4.0, 8.0, 16.0):
+        near = a >= top - width
+        if float(weights[near].sum(dtype=np.float64)) >= goal:
+            values = a[near]
+            break
+    ranked = np.sort(values)[::-1]
+    mass = np.exp(ranked - top).astype(np.float64)
+    above = np.cumsum(mass) - mass
+    threshold = ranked[max(int(np.searchsorted(above, goal, side="left")), 1) - 1]
+    return np.flatnonzero(a >= threshold) if ids is None else ids[a[ids] >= threshold]
+
+
+def keep_min_p(a: np.ndarray, ids: np.ndarray | None, min_p: float) -> np.ndarray:
+    """Of `ids` (None: all), those at least min_p times as probable as the most probable."""
+    floor = a.max() + np.float32(np.log(min_p))
+    return np.flatnonzero(a >= floor) if ids is None else ids[a[ids] >= floor]
+
+
+def keep_top_k(a: np.ndarray, ids: np.ndarray | None, top_k: int) -> np.ndarray | None:
+    """Of `ids` (None: all), the top_k most probable."""
+    pool = np.arange(a.size) if ids is None else ids
+    return pool[np.argpartition(-a[pool], top_k - 1)[:top_k]] if top_k < pool.size else ids
+
+
 @dataclass
 class Filters:
-    """Logits -> `Candidates` with mlx-lm's filters and their meaning (`make_sampler`: top-p, then min-p,
-    then top-k, each on log-probabilities; then temperature), and the random generator that draws from them.
-
-    Each filter keeps a prefix of the ids ranked by probability (top-p by the mass above each id, computed
-    over the whole vocabulary first; min-p by a threshold relative to the top; top-k by rank), so together
-    they keep the shortest of the three prefixes, and only ids that could be in it are ranked."""
+    """Logits -> `Candidates`: mlx-lm's filters with their meaning and order (`make_sampler`: top-p, min-p,
+    top-k), then temperature; and the random generator that draws from them. Each filter narrows the ids
+    that can be drawn, as mlx-lm's mask log-probabilities, and each keeps a prefix of the ids ranked by
+    probability, so only the few ids that could be kept are ever ranked."""
 
     sampling: Sampling
     rng: np.random.Generator | None = None
@@ -178,6 +208,14 @@ class Filters:
     def __post_init__(self) -> None:
         if self.rng is None:
             self.rng = np.random.default_rng(self.sampling.seed)
+        s = self.sampling
+        self.filters: list[Callable[[np.ndarray, np.ndarray | None], np.ndarray | None]] = []
+        if 0 < s.top_p < 1:
+            self.filters.append(lambda a, ids: keep_top_p(a, ids, s.top_p))
+        if s.min_p > 0:
+            self.filters.append(lambda a, ids: keep_min_p(a, ids, s.min_p))
+        if s.top_k > 0:
+            self.filters.append(lambda a, ids: keep_top_k(a, ids, s.top_k))
 
     def __call__(self, logits: mx.array) -> Sequence[Candidates]:
         """logits (positions, vocab) -> one `Candidates` per position, each computed when first read
@@ -187,40 +225,12 @@ class Filters:
         return _Rows(np.asarray(logits).reshape(-1, logits.shape[-1]), self.candidates)
 
     def candidates(self, a: np.ndarray) -> Candidates:
-        s, vocab = self.sampling, a.shape[-1]
-        top = a.max()
         ids = None  # None: every id
-        if s.min_p > 0:
-            ids = np.flatnonzero(a >= top + np.float32(np.log(s.min_p)))
-        if 0 < s.top_p < 1:
-            ids = self._nucleus(a, top, ids)
-        if 0 < s.top_k < (vocab if ids is None else ids.size):
-            pool = np.arange(vocab) if ids is None else ids
-            ids = pool[np.argpartition(-a[pool], s.top_k - 1)[: s.top_k]]
+        for keep in self.filters:
+            ids = keep(a, ids)
         kept = a if ids is None else a[ids]
-        weights = np.exp((kept - top) * np.float32(1.0 / s.temperature))
-        probs = weights / weights.sum(dtype=np.float64)
-        return Candidates(np.arange(vocab) if ids is None else ids, probs, vocab)
-
-    def _nucleus(self, a: np.ndarray, top: np.float32, within: np.ndarray | None) -> np.ndarray:
-        """The ids top-p keeps (of `within`): ranked by probability, each whose mass above it is below top_p
-        of the total, and any tied with the last of them (mlx-lm's threshold). Only values are sorted, and
-        only the nearest to the top that hold the nucleus (a few dozen of SmolLM2's 49k, typically)."""
-        weights = np.exp(a - top)
-        goal = self.sampling.top_p * float(weights.sum(dtype=np.float64))
-        values = a
-        for width in (4.0, 8.0, 16.0):
-            near = a >= top - width
-            if float(weights[near].sum(dtype=np.float64)) >= goal:
-                values = a[near]
-                break
-        ranked = np.sort(values)[::-1]
-        mass = np.exp(ranked - top).astype(np.float64)
-        above = np.cumsum(mass) - mass
-        threshold = ranked[max(int(np.searchsorted(above, goal, side="left")), 1) - 1]
-        if within is None:
-            return np.flatnonzero(a >= threshold)
-        return within[a[within] >= threshold]
+        weights = np.exp((kept - kept.max()) * np.float32(1.0 / self.sampling.temperature))
+        return Candidates(np.arange(a.size) if ids is None else ids, weights / weights.sum(dtype=np.float64), a.size)
 
 
 class _Rows(Sequence[Candidates]):
