@@ -15,18 +15,29 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Run by the child: mlx-lm's own load and stream_generate, nothing of edge.
-MLX_LM_CHILD = r"""
-import json, sys
-args = json.loads(sys.argv[1])
+GREEDY = {"temperature": 0.0, "top_p": 1.0, "min_p": 0.0, "top_k": 0}
+"""The bench's sampling settings, each at its "off" value: greedy decoding."""
+
+# Part of each mlx-lm child: mlx-lm's sampler for the bench's settings (args["sampling"]), seeded.
+MLX_LM_SAMPLER = r"""
 import mlx.core as mx
-from mlx_lm import load, stream_generate
 from mlx_lm.sample_utils import make_sampler
-model, tokenizer = load(args["model"])
-tokenizer.eos_token_ids = set()
-s = args["sampling"]
+s = args["sampling"]  # mlx-lm's top_p is off at 0, not 1
 sampler = make_sampler(temp=s["temperature"], top_p=s["top_p"] if s["top_p"] < 1 else 0.0, min_p=s["min_p"], top_k=s["top_k"])
 mx.random.seed(0)
+"""
+
+# Run by the child: mlx-lm's own load and stream_generate, nothing of edge.
+MLX_LM_CHILD = (
+    r"""
+import json, sys
+args = json.loads(sys.argv[1])
+from mlx_lm import load, stream_generate
+model, tokenizer = load(args["model"])
+tokenizer.eos_token_ids = set()
+"""
+    + MLX_LM_SAMPLER
+    + r"""
 last = None
 for last in stream_generate(model, tokenizer, args["prompt"], max_tokens=args["max_tokens"], sampler=sampler):
     pass
@@ -34,6 +45,7 @@ print(json.dumps({"prompt_tps": last.prompt_tps, "decode_tps": last.generation_t
                   "prompt_tokens": last.prompt_tokens, "decode_tokens": last.generation_tokens,
                   "peak_memory_bytes": int(last.peak_memory * 1e9)}))
 """
+)
 
 
 # Run by the child: llama.cpp (llama-cpp-python) on the GGUF the model was converted from, same token ids.
@@ -84,24 +96,23 @@ def bench_prompt(model, n_tokens: int) -> list[int]:
 
 def bench_sampling(args) -> dict:
     """The sampling every engine gets: greedy, or --temperature with --top-p, --min-p and --top-k."""
-    return {k: getattr(args, k, d) for k, d in (("temperature", 0.0), ("top_p", 1.0), ("min_p", 0.0), ("top_k", 0))}
+    return {k: getattr(args, k, off) for k, off in GREEDY.items()}
 
 
 def describe_sampling(sampling: dict) -> str:
     """'greedy', or the settings that are on ('temperature 0.7, top-p 0.9, min-p 0.05')."""
     if not sampling["temperature"]:
         return "greedy"
-    off = {"temperature": None, "top_p": 1.0, "min_p": 0.0, "top_k": 0}
-    return ", ".join(f"{k.replace('_', '-')} {v}" for k, v in sampling.items() if v != off[k])
+    return ", ".join(f"{k.replace('_', '-')} {v}" for k, v in sampling.items() if v != GREEDY[k])
 
 
-def run_edge(model, prompt: list[int], max_tokens: int, repeats: int, sampling: dict | None = None) -> dict:
+def run_edge(model, prompt: list[int], max_tokens: int, repeats: int, sampling: dict = GREEDY) -> dict:
     from .events import Done
     from .generate import stream_events
     from .sampling import Sampling
 
     def once(n: int) -> Done:
-        settings = Sampling(max_tokens=n, seed=0, **(sampling or {}))
+        settings = Sampling(max_tokens=n, seed=0, **sampling)
         for event in stream_events(model, prompt, model.make_cache(), settings, eos=set()):
             if isinstance(event, Done):
                 return event
@@ -118,10 +129,8 @@ def run_edge(model, prompt: list[int], max_tokens: int, repeats: int, sampling: 
     }
 
 
-def run_mlx_lm(model_path: str, prompt: list[int], max_tokens: int, sampling: dict | None = None) -> dict:
-    args = json.dumps(
-        {"model": model_path, "prompt": prompt, "max_tokens": max_tokens, "sampling": _or_greedy(sampling)}
-    )
+def run_mlx_lm(model_path: str, prompt: list[int], max_tokens: int, sampling: dict = GREEDY) -> dict:
+    args = json.dumps({"model": model_path, "prompt": prompt, "max_tokens": max_tokens, "sampling": sampling})
     done = subprocess.run([sys.executable, "-c", MLX_LM_CHILD, args], capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -137,13 +146,7 @@ def source_gguf(model_path: Path) -> Path | None:
     return source if source.suffix == ".gguf" and source.is_file() else None
 
 
-def _or_greedy(sampling: dict | None) -> dict:
-    return sampling or {"temperature": 0.0, "top_p": 1.0, "min_p": 0.0, "top_k": 0}
-
-
-def run_llama_cpp(
-    gguf: Path | None, prompt: list[int], max_tokens: int, repeats: int, sampling: dict | None = None
-) -> dict:
+def run_llama_cpp(gguf: Path | None, prompt: list[int], max_tokens: int, repeats: int, sampling: dict = GREEDY) -> dict:
     import importlib.util
 
     if importlib.util.find_spec("llama_cpp") is None:
@@ -155,7 +158,7 @@ def run_llama_cpp(
         "prompt": prompt,
         "max_tokens": max_tokens,
         "repeats": max(repeats, 1),
-        "sampling": _or_greedy(sampling),
+        "sampling": sampling,
     }
     done = subprocess.run([sys.executable, "-c", LLAMA_CPP_CHILD, json.dumps(args)], capture_output=True, text=True)
     note = None

