@@ -48,8 +48,8 @@ print(json.dumps({"prompt_tps": last.prompt_tps, "decode_tps": last.generation_t
 )
 
 
-# Run by the child: llama.cpp (llama-cpp-python) on the GGUF the model was converted from, same token ids.
-LLAMA_CPP_CHILD = r"""
+# Part of each llama.cpp child: llama-cpp-python's Llama on args["gguf"] with every core (load(n_ctx, **kw)).
+LLAMA_CPP_LOAD = r"""
 import json, os, sys, time
 args = json.loads(sys.argv[1])
 import llama_cpp.llama_cpp as low_level
@@ -61,9 +61,16 @@ if args.get("no_extra_buffers"):  # llama.cpp's weight-repacking buffer types (A
         p.use_extra_bufts = False
         return p
     low_level.llama_model_default_params = without_extra_buffers
-llm = Llama(model_path=args["gguf"], n_threads=os.cpu_count(), n_ctx=len(args["prompt"]) + args["max_tokens"] + 8,
-            seed=0, verbose=False)
+def load(n_ctx, **kw):
+    return Llama(model_path=args["gguf"], n_threads=os.cpu_count(), n_ctx=n_ctx, seed=0, verbose=False, **kw)
 s = args["sampling"]  # top_k 0: off in llama.cpp too
+"""
+
+# Run by the child: llama.cpp (llama-cpp-python) on the GGUF the model was converted from, same token ids.
+LLAMA_CPP_CHILD = (
+    LLAMA_CPP_LOAD
+    + r"""
+llm = load(len(args["prompt"]) + args["max_tokens"] + 8)
 def once(n):
     llm.reset()
     t = time.perf_counter(); llm.eval(args["prompt"]); prompt_s = time.perf_counter() - t
@@ -78,6 +85,31 @@ print(json.dumps({"prompt_tps": len(args["prompt"]) / prompt_s, "decode_tps": ar
                   "prompt_tokens": len(args["prompt"]), "decode_tokens": args["max_tokens"],
                   "peak_memory_bytes": 0}))
 """
+)
+
+
+def run_llama_cpp_child(child: str, gguf: Path | None, args: dict) -> dict:
+    """Run a llama.cpp child (LLAMA_CPP_LOAD + its part) on the GGUF: its last line of JSON, or {"error": ...}."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return {"error": "llama-cpp-python is not installed (pip install -e '.[bench]')"}
+    if gguf is None:
+        return {"error": "no GGUF for this model: pass --gguf, or convert the model from a GGUF"}
+    args = {**args, "gguf": str(gguf)}
+    done = subprocess.run([sys.executable, "-c", child, json.dumps(args)], capture_output=True, text=True)
+    note = None
+    if done.returncode < 0:  # killed by a signal: seen with llama.cpp's AMX kernels (SIGSEGV) on a KVM Xeon
+        note = f"llama.cpp crashed (signal {-done.returncode}) with its extra buffer types (AMX, repacking); measured without them"
+        done = subprocess.run(
+            [sys.executable, "-c", child, json.dumps({**args, "no_extra_buffers": True})],
+            capture_output=True,
+            text=True,
+        )
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or [f"failed (exit code {done.returncode})"])[-1]}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**result, "note": note} if note else result
 
 
 def _prompt_text() -> str:
@@ -147,29 +179,8 @@ def source_gguf(model_path: Path) -> Path | None:
 
 
 def run_llama_cpp(gguf: Path | None, prompt: list[int], max_tokens: int, repeats: int, sampling: dict = GREEDY) -> dict:
-    import importlib.util
-
-    if importlib.util.find_spec("llama_cpp") is None:
-        return {"error": "llama-cpp-python is not installed (pip install -e '.[bench]')"}
-    if gguf is None:
-        return {"error": "no GGUF for this model: pass --gguf, or convert the model from a GGUF"}
-    args = {
-        "gguf": str(gguf),
-        "prompt": prompt,
-        "max_tokens": max_tokens,
-        "repeats": max(repeats, 1),
-        "sampling": sampling,
-    }
-    done = subprocess.run([sys.executable, "-c", LLAMA_CPP_CHILD, json.dumps(args)], capture_output=True, text=True)
-    note = None
-    if done.returncode < 0:  # killed by a signal: seen with llama.cpp's AMX kernels (SIGSEGV) on a KVM Xeon
-        note = f"llama.cpp crashed (signal {-done.returncode}) with its extra buffer types (AMX, repacking); measured without them"
-        args["no_extra_buffers"] = True
-        done = subprocess.run([sys.executable, "-c", LLAMA_CPP_CHILD, json.dumps(args)], capture_output=True, text=True)
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or [f"failed (exit code {done.returncode})"])[-1]}
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    return {**result, "note": note} if note else result
+    args = {"prompt": prompt, "max_tokens": max_tokens, "repeats": max(repeats, 1), "sampling": sampling}
+    return run_llama_cpp_child(LLAMA_CPP_CHILD, gguf, args)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

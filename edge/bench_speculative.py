@@ -1,13 +1,14 @@
 """`edge bench MODEL --draft lookup,auto,...`: speculative decoding against plain decoding, same run.
 
 For each drafter and prompt class (input-grounded tasks, open chat; prompts in `assets/spec_prompts.json`):
-decode tok/s over the class, the ratio to plain decoding measured in the same run, the acceptance rate,
+decode tok/s over the class, the ratio to plain decoding measured in the same run, the lowest of the
+prompts' own ratios (each a median over the runs; `--json` lists them as `prompt_ratios`), the acceptance rate,
 accepted drafts per verify step, the share of time spent drafting (against verifying), and whether the
 output was identical to plain: greedy, or sampled with a deterministic drafter such as prompt lookup (`--json`
 also has the counts and seconds). `--repeats R` runs plain decoding and every drafter R times, interleaved
 (plain, each drafter, plain, ...), so drift on a shared machine hits both sides of a ratio alike; the table
-gives medians (and the range of the ratios). Sampled, repeat r seeds every row's requests with r. With a draft model and
-`--peers mlx_lm`, mlx-lm's `stream_generate(draft_model=...)` runs on the same prompts in a child process
+gives medians (and the range of the ratios). Sampled, repeat r seeds every row's requests with r. With a
+draft model and `--peers mlx_lm`, mlx-lm's `stream_generate(draft_model=...)` runs on the same prompts in a child process
 (its acceptance counts the tokens it reports `from_draft`).
 """
 
@@ -19,7 +20,8 @@ import subprocess
 import sys
 from importlib.resources import files
 
-from .bench import MLX_LM_SAMPLER, bench_sampling, describe_sampling
+from .bench import LLAMA_CPP_LOAD, MLX_LM_SAMPLER, bench_sampling, describe_sampling
+from .errors import EdgeError
 from .events import Done
 from .sampling import Sampling
 
@@ -33,15 +35,43 @@ draft, _ = load(args["draft"])
 """
     + MLX_LM_SAMPLER
     + r"""
-tokens = drafted = 0
-seconds = 0.0
-for prompt in args["prompts"]:
-    last = None
-    for last in stream_generate(model, tok, prompt, max_tokens=args["max_tokens"], draft_model=draft, sampler=sampler, num_draft_tokens=args["draft_length"]):
-        drafted += bool(last.from_draft)
-    tokens += last.generation_tokens
-    seconds += last.generation_tokens / max(last.generation_tps, 1e-9)
-print(json.dumps({"decode_tps": tokens / seconds, "from_draft": drafted / max(tokens, 1)}))
+def decode(prompt, **kw):  # (tokens, seconds, tokens from the draft)
+    last, drafted = None, 0
+    for last in stream_generate(model, tok, prompt, max_tokens=args["max_tokens"], sampler=sampler, **kw):
+        drafted += bool(getattr(last, "from_draft", False))
+    return last.generation_tokens, last.generation_tokens / max(last.generation_tps, 1e-9), drafted
+plain = [decode(p) for p in args["prompts"]]  # its own plain decoding first, the same prompts
+spec = [decode(p, draft_model=draft, num_draft_tokens=args["draft_length"]) for p in args["prompts"]]
+tps = lambda runs: sum(r[0] for r in runs) / sum(r[1] for r in runs)
+print(json.dumps({"decode_tps": tps(spec), "plain_tps": tps(plain),
+                  "from_draft": sum(r[2] for r in spec) / max(sum(r[0] for r in spec), 1)}))
+"""
+)
+
+
+# llama-cpp-python's prompt lookup (LlamaPromptLookupDecoding, its defaults: 2-grams, 10 drafts, always on)
+# against its own plain decoding, both through Llama.generate, interleaved per repeat like edge's rows.
+LLAMA_CPP_LOOKUP_CHILD = (
+    LLAMA_CPP_LOAD
+    + r"""
+from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+n_ctx = max(len(ids) for ids in args["prompts"]) + args["max_tokens"] + 8
+engines = {"plain": load(n_ctx), "lookup": load(n_ctx, draft_model=LlamaPromptLookupDecoding())}
+def once(llm, ids, n):
+    llm.reset()
+    out, first = [], None
+    for token in llm.generate(ids, temp=s["temperature"], top_p=s["top_p"], min_p=s["min_p"], top_k=s["top_k"],
+                              repeat_penalty=1.0):
+        first = first or time.perf_counter()
+        out.append(token)
+        if token in args["eos"] or len(out) >= n:
+            break
+    return {"tokens": out, "seconds": time.perf_counter() - first}
+for llm in engines.values():
+    once(llm, args["prompts"][0], 8)  # warm-up
+runs = [{name: [once(llm, ids, args["max_tokens"]) for ids in args["prompts"]] for name, llm in engines.items()}
+        for _ in range(args["repeats"])]
+print(json.dumps({"runs": runs}))
 """
 )
 
@@ -53,7 +83,7 @@ def prompt_suite() -> dict[str, list[str]]:
 def _run(model, prompts: list[list[int]], sampling: Sampling, drafter, fixed_length: int | None = None) -> dict:
     from .generate import stream_events
 
-    tokens, seconds, outputs, generated = 0, 0.0, [], 0
+    tokens, seconds, outputs, generated, per_prompt = 0, 0.0, [], 0, []
     drafted = accepted = steps = 0
     draft_s = verify_s = 0.0
     for ids in prompts:
@@ -67,6 +97,7 @@ def _run(model, prompts: list[list[int]], sampling: Sampling, drafter, fixed_len
         s = done.stats
         tokens += max(s.generation_tokens - 1, 0)  # decode tok/s excludes the first token (prefill)
         seconds += max(s.generation_tokens - 1, 0) / s.decode_tps if s.decode_tps else 0.0
+        per_prompt.append(s.decode_tps or None)
         if s.draft:
             drafted, accepted, steps = (
                 drafted + s.draft.drafted,
@@ -84,6 +115,7 @@ def _run(model, prompts: list[list[int]], sampling: Sampling, drafter, fixed_len
         "draft_s": draft_s,
         "verify_s": verify_s,
         "outputs": outputs,
+        "prompt_tps": per_prompt,
         "from_draft": accepted / max(generated, 1),
     }
 
@@ -91,6 +123,7 @@ def _run(model, prompts: list[list[int]], sampling: Sampling, drafter, fixed_len
 def run_speculative_bench(model, args) -> int:
     from .speculative import make_drafter
 
+    peers = _peers(args)
     suite = prompt_suite()
     chat = model.tokenizer.has_chat_template
     prompts = {cls: [model.encode(p, chat=chat) for p in texts] for cls, texts in suite.items()}
@@ -107,24 +140,14 @@ def run_speculative_bench(model, args) -> int:
             runs.setdefault(("plain", cls), []).append({**plain, "ratio": 1.0})
             for name, drafter in drafters.items():
                 r = _run(model, ids, seeded, drafter, args.draft_length)
-                r["ratio"] = r["decode_tps"] / plain["decode_tps"] if plain["decode_tps"] else None
                 # sampled, only a deterministic drafter's output must be plain's own (same seed)
                 exact = args.temperature == 0 or getattr(drafter, "deterministic", False)
-                r["identical"] = (r["outputs"] == plain["outputs"]) if exact else None
-                runs.setdefault((name, cls), []).append(r)
+                runs.setdefault((name, cls), []).append(_against(plain, r, exact))
     rows = [_summary(name, cls, rs) for (name, cls), rs in runs.items()]
     rows.sort(
         key=lambda r: (r["drafter"] != "plain", list(drafters).index(r["drafter"]) if r["drafter"] in drafters else -1)
     )
-    for name in names:
-        if "mlx_lm" in (args.peers or "") and name not in ("lookup", "auto") and not name.startswith("self"):
-            for cls, texts in suite.items():
-                plain_tps = statistics.median(r["decode_tps"] for r in runs[("plain", cls)])
-                rows.append(
-                    _mlx_lm_row(
-                        str(model.path), name, cls, [model.encode(t, chat=chat) for t in texts], args, plain_tps
-                    )
-                )
+    rows += _peer_rows(model, prompts, names, peers, args)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -132,9 +155,20 @@ def run_speculative_bench(model, args) -> int:
     return 0
 
 
+def _against(plain: dict, r: dict, exact: bool) -> dict:
+    """r with its ratio to plain (the class's and each prompt's) and, when its output must be plain's own
+    (exact), whether it is."""
+    r["ratio"] = r["decode_tps"] / plain["decode_tps"] if plain["decode_tps"] else None
+    r["prompt_ratios"] = [b / a if a and b else None for a, b in zip(plain["prompt_tps"], r["prompt_tps"], strict=True)]
+    r["identical"] = (r["outputs"] == plain["outputs"]) if exact else None
+    return r
+
+
 def _summary(name: str, cls: str, runs: list[dict]) -> dict:
     """One row from the repeats: median tok/s and ratio, identical in every run, and the drafting figures
-    summed over all runs (acceptance, accepted drafts per verify step, seconds drafting and verifying)."""
+    summed over all runs (acceptance, accepted drafts per verify step, seconds drafting and verifying) where
+    the engine reports them (edge's)."""
+    counted = name != "plain" and "drafted" in runs[0]
     total = {k: sum(r.get(k, 0) for r in runs) for k in ("drafted", "accepted", "verify_steps", "draft_s", "verify_s")}
     drafted, accepted = total["drafted"], total["accepted"]
     ratios = [r["ratio"] for r in runs if r["ratio"] is not None]
@@ -143,19 +177,46 @@ def _summary(name: str, cls: str, runs: list[dict]) -> dict:
         cls,
         statistics.median(r["decode_tps"] for r in runs),
         statistics.median(ratios) if ratios else None,
-        None if name == "plain" else (accepted / drafted if drafted else 0.0),
-        None if name == "plain" else statistics.median(r["from_draft"] for r in runs),
+        (accepted / drafted if drafted else 0.0) if counted else None,
+        statistics.median(r["from_draft"] for r in runs) if counted else None,
         True if name == "plain" else (None if runs[0].get("identical") is None else all(r["identical"] for r in runs)),
     )
     row["ratio_range"] = [min(ratios), max(ratios)] if ratios else None
     row["runs"] = len(runs)
     if name != "plain":
+        # each prompt's own ratio to plain (median over the runs): "never below 0.95x on any prompt" is per prompt
+        per_prompt = [[x for x in xs if x is not None] for xs in zip(*(r["prompt_ratios"] for r in runs), strict=True)]
+        row["prompt_ratios"] = [statistics.median(xs) if xs else None for xs in per_prompt]
+        row["worst_prompt"] = min((x for x in row["prompt_ratios"] if x is not None), default=None)
+    if counted:
         steps = total["verify_steps"]
         row.update(total, accepted_per_step=accepted / steps if steps else 0.0)
     return row
 
 
-def _mlx_lm_row(model_path: str, draft: str, cls: str, prompts: list[list[int]], args, plain_tps: float) -> dict:
+def _peers(args) -> set[str]:
+    """--peers as a set, refused before anything runs if it names an unknown peer."""
+    peers = {p.strip() for p in (args.peers or "none").split(",")} - {"", "none"}
+    if peers - {"mlx_lm", "llama_cpp"}:
+        unknown = ", ".join(sorted(peers - {"mlx_lm", "llama_cpp"}))
+        raise EdgeError(f"unknown peer(s) {unknown}; available: mlx_lm, llama_cpp, none")
+    return peers
+
+
+def _peer_rows(model, prompts: dict[str, list[list[int]]], names: list[str], peers: set[str], args) -> list[dict]:
+    """--peers: mlx-lm with each draft model asked for, and llama-cpp-python's prompt lookup when lookup or
+    auto is; each in a child process, against the same engine's plain decoding of the same prompts."""
+    draft_models = [n for n in names if n not in ("lookup", "auto") and not n.startswith("self")]
+    rows = []
+    for cls, ids in prompts.items():
+        if "mlx_lm" in peers:
+            rows += [_mlx_lm_row(str(model.path), name, cls, ids, args) for name in draft_models]
+        if "llama_cpp" in peers and {"lookup", "auto"} & set(names):
+            rows.append(_llama_cpp_lookup_row(model, cls, ids, args))
+    return rows
+
+
+def _mlx_lm_row(model_path: str, draft: str, cls: str, prompts: list[list[int]], args) -> dict:
     payload = json.dumps(
         {
             "model": model_path,
@@ -171,7 +232,48 @@ def _mlx_lm_row(model_path: str, draft: str, cls: str, prompts: list[list[int]],
         return {**_row(f"mlx_lm+{draft}", cls, None, None, None, None, None), "error": done.stderr.strip()[-200:]}
     r = json.loads(done.stdout.strip().splitlines()[-1])
     # mlx-lm reports which output tokens came from the draft, not how many it drafted: acceptance unknown.
-    return _row(f"mlx_lm+{draft}", cls, r["decode_tps"], r["decode_tps"] / plain_tps, None, r["from_draft"], None)
+    ratio = r["decode_tps"] / r["plain_tps"]
+    return {
+        **_row(f"mlx_lm+{draft}", cls, r["decode_tps"], ratio, None, r["from_draft"], None),
+        "plain_tps": r["plain_tps"],
+    }
+
+
+def _llama_cpp_lookup_row(model, cls: str, prompts: list[list[int]], args) -> dict:
+    """llama-cpp-python's LlamaPromptLookupDecoding on the GGUF the model came from; `identical` compares
+    its greedy output with llama.cpp's own plain output."""
+    from pathlib import Path
+
+    from .bench import run_llama_cpp_child, source_gguf
+
+    gguf = Path(args.gguf) if getattr(args, "gguf", None) else source_gguf(model.path)
+    payload = {
+        "prompts": prompts,
+        "max_tokens": args.max_tokens,
+        "repeats": max(1, args.repeats),
+        "sampling": bench_sampling(args),
+        "eos": sorted(model.tokenizer.eos_token_ids),
+    }
+    out = run_llama_cpp_child(LLAMA_CPP_LOOKUP_CHILD, gguf, payload)
+    if "error" in out:
+        return {**_row("llama_cpp+lookup", cls, None, None, None, None, None), "error": out["error"]}
+
+    def tally(replies: list[dict]) -> dict:  # one class's replies as _run counts them
+        tps = [
+            (len(r["tokens"]) - 1) / r["seconds"] if len(r["tokens"]) > 1 and r["seconds"] else None for r in replies
+        ]
+        decoded = sum(max(len(r["tokens"]) - 1, 0) for r in replies)
+        return {
+            "decode_tps": decoded / sum(r["seconds"] for r in replies),
+            "prompt_tps": tps,
+            "outputs": [r["tokens"] for r in replies],
+        }
+
+    greedy = args.temperature == 0
+    runs = [_against(tally(run["plain"]), tally(run["lookup"]), greedy) for run in out["runs"]]
+    row = _summary("llama_cpp+lookup", cls, runs)
+    row["plain_tps"] = statistics.median(tally(run["plain"])["decode_tps"] for run in out["runs"])
+    return {**row, "note": out["note"]} if out.get("note") else row
 
 
 def _controller(fixed_length: int | None):
@@ -204,7 +306,8 @@ def _print(model, rows: list[dict], args) -> None:
         title=f"speculative decoding: {model.path.name}, {sampled}, {args.max_tokens} tokens per prompt, "
         f"{runs} interleaved run{'s' if runs > 1 else ''}" + (" (medians)" if runs > 1 else "")
     )
-    columns = ("drafter", "prompts", "decode tok/s", "vs plain", "range", "acceptance", "per step", "drafting")
+    columns = ("drafter", "prompts", "decode tok/s", "vs plain", "range", "worst prompt", "acceptance", "per step")
+    columns += ("drafting",)
     for col in (*columns, "from draft", "identical"):
         t.add_column(col, justify="left" if col in ("drafter", "prompts") else "right")
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
@@ -220,6 +323,7 @@ def _print(model, rows: list[dict], args) -> None:
             fmt(r["decode_tps"], ".1f"),
             ratio,
             "-" if not span or r["drafter"] == "plain" else f"{span[0]:.2f}-{span[1]:.2f}",
+            fmt(r.get("worst_prompt"), ".2f") + ("x" if r.get("worst_prompt") else ""),
             fmt(r["acceptance"], ".0%"),
             fmt(r.get("accepted_per_step"), ".2f"),
             fmt(r["draft_s"] / busy if busy else None, ".0%"),  # the share of the steps' time spent drafting
@@ -227,3 +331,12 @@ def _print(model, rows: list[dict], args) -> None:
             same,
         )
     Console().print(t)
+    for r in rows:  # the peers' rows: what their ratio is against, and what went wrong
+        if r.get("plain_tps"):
+            what = "llama-cpp-python's LlamaPromptLookupDecoding" if r["drafter"] == "llama_cpp+lookup" else "mlx-lm"
+            print(
+                f"{r['drafter']}, {r['prompt_class']}: {what}, against its own plain decoding ({r['plain_tps']:.1f} tok/s)"
+            )
+        for key in ("note", "error"):
+            if r.get(key):
+                print(f"{r['drafter']}, {r['prompt_class']}: {r[key]}")

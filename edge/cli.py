@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--peers",
         default=None,
-        help="comma-separated peers: mlx_lm, llama_cpp, none (default: mlx_lm,llama_cpp; none with --draft)",
+        help="comma-separated peers: mlx_lm, llama_cpp, none (default: mlx_lm,llama_cpp; none with --draft, where "
+        "mlx_lm runs each draft model and llama_cpp its prompt lookup)",
     )
     p.add_argument("--gguf", default=None, help="the GGUF for the llama_cpp peer (default: the model's source)")
     p.add_argument("--draft", default=None, help="compare drafters instead: lookup,auto,self:4,DRAFT_FOLDER or all")

@@ -60,6 +60,7 @@ def test_bench_draft_prints_one_row_per_drafter_and_class(tmp_path, tokenizer):
     drafts per verify step and seconds drafting and verifying."""
     import builders
 
+    from edge.bench_speculative import prompt_suite
     from edge.converters import convert
 
     src = builders.write_hf_model(tmp_path / "hf", "llama", tok=tokenizer, seed=4, max_position_embeddings=1024)
@@ -79,6 +80,9 @@ def test_bench_draft_prints_one_row_per_drafter_and_class(tmp_path, tokenizer):
             assert r["ratio"] == 1.0
         else:
             assert 0.0 <= r["acceptance"] <= 1.0 and r["ratio_range"][0] <= r["ratio"] <= r["ratio_range"][1]
+            # each prompt's own ratio (median of the 2 runs), the worst of them in the table
+            assert len(r["prompt_ratios"]) == len(prompt_suite()[r["prompt_class"]])
+            assert all(x > 0 for x in r["prompt_ratios"]) and r["worst_prompt"] == min(r["prompt_ratios"])
             # the drafting figures, summed over both runs: counts that agree with each other, and time verifying
             assert r["verify_steps"] > 0 and 0 <= r["accepted"] <= r["drafted"]
             assert r["acceptance"] == r["accepted"] / r["drafted"]
@@ -104,3 +108,57 @@ def test_bench_samples_as_told(mlx_models):
     table = run_cli(*args, *sampled, env_extra={"COLUMNS": "200"}).stdout
     assert "temperature 0.7, top-p 0.9, min-p 0.05" in table
     assert "greedy" in run_cli(*args, env_extra={"COLUMNS": "200"}).stdout
+
+
+def test_bench_draft_model_against_mlx_lm(tmp_path, tokenizer):
+    """`--draft MODEL --peers mlx_lm`: mlx-lm's stream_generate with the same draft model runs in a child on
+    the same prompts; its row's ratio is against mlx-lm's own plain decoding there, measured in the same run."""
+    import builders
+
+    from edge.converters import convert
+
+    target, draft = (str(tmp_path / name) for name in ("target", "draft"))
+    for i, (arch, out) in enumerate((("llama", target), ("qwen2", draft))):
+        src = builders.write_hf_model(tmp_path / f"hf{i}", arch, tok=tokenizer, seed=i, max_position_embeddings=1024)
+        convert(src, out, dtype="float32", progress=False)
+    args = ("bench", target, "--draft", draft, "--peers", "mlx_lm", "--max-tokens", "8", "--repeats", "1", "--json")
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    peer = [r for r in json.loads(proc.stdout) if r["drafter"] == f"mlx_lm+{draft}"]
+    assert {r["prompt_class"] for r in peer} == {"grounded", "open"}
+    for r in peer:
+        assert r["decode_tps"] > 0 and r["plain_tps"] > 0 and abs(r["ratio"] - r["decode_tps"] / r["plain_tps"]) < 1e-9
+        assert 0.0 <= r["from_draft"] <= 1.0 and r["acceptance"] is None  # mlx-lm does not say how many it drafted
+    proc = run_cli(*args[:4], "--peers", "mlx_lm,ollama", "--max-tokens", "4")
+    assert proc.returncode == 1 and "ollama" in proc.stderr and "available: mlx_lm, llama_cpp" in proc.stderr
+
+
+def test_llama_cpp_lookup_rows_are_against_llama_cpps_own_plain(monkeypatch):
+    """The llama.cpp prompt-lookup row (llama-cpp-python is a bench extra, absent here, so its child's answer is
+    given): per repeat the class's and each prompt's ratio to llama.cpp's own plain decoding, medians over the
+    repeats, and greedy output compared with llama.cpp's own plain output."""
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from pytest import approx
+
+    import edge.bench as bench
+    from edge.bench_speculative import _llama_cpp_lookup_row
+
+    def reply(tokens, seconds):
+        return {"tokens": tokens, "seconds": seconds}
+
+    runs = [  # two repeats of two prompts: 4 and 2 decoded tokens (the first token is prefill's)
+        {"plain": [reply([1] * 5, 0.4), reply([2] * 3, 0.2)], "lookup": [reply([1] * 5, 0.2), reply([2] * 3, 0.4)]},
+        {"plain": [reply([1] * 5, 0.4), reply([2] * 3, 0.2)], "lookup": [reply([1] * 5, 0.1), reply([2, 2, 3], 0.2)]},
+    ]
+    monkeypatch.setattr(bench, "run_llama_cpp_child", lambda child, gguf, payload: {"runs": runs})
+    model = SimpleNamespace(path=None, tokenizer=SimpleNamespace(eos_token_ids={0}))
+    args = Namespace(gguf="x.gguf", max_tokens=4, repeats=2, temperature=0.0, top_p=1.0, min_p=0.0, top_k=0)
+    row = _llama_cpp_lookup_row(model, "grounded", [[5], [6]], args)
+    # plain 6 tokens in 0.6 s; lookup 6 in 0.6 s, then 6 in 0.3 s: ratios 1.0 and 2.0, median 1.5
+    assert row["drafter"] == "llama_cpp+lookup" and row["ratio"] == approx(1.5)
+    assert row["decode_tps"] == approx(15.0) and row["plain_tps"] == approx(10.0)
+    assert row["ratio_range"] == approx([1.0, 2.0])
+    assert row["prompt_ratios"] == approx([3.0, 0.75]) and row["worst_prompt"] == approx(0.75)  # (2+4)/2, (.5+1)/2
+    assert row["identical"] is False and row["acceptance"] is None  # the second repeat's reply differs
