@@ -7,9 +7,12 @@ accepted drafts per verify step, the share of time spent drafting (against verif
 output was identical to plain: greedy, or sampled with a deterministic drafter such as prompt lookup (`--json`
 also has the counts and seconds). `--repeats R` runs plain decoding and every drafter R times, interleaved
 (plain, each drafter, plain, ...), so drift on a shared machine hits both sides of a ratio alike; the table
-gives medians (and the range of the ratios). Sampled, repeat r seeds every row's requests with r. With a
-draft model and `--peers mlx_lm`, mlx-lm's `stream_generate(draft_model=...)` runs on the same prompts in a child process
-(its acceptance counts the tokens it reports `from_draft`).
+gives medians (and the range of the ratios). Sampled, repeat r seeds every row's requests with r.
+
+Peers run on the same prompts in a child process, each against its own plain decoding there: with a draft
+model and `--peers mlx_lm`, mlx-lm's `stream_generate(draft_model=...)` (it reports which tokens came
+`from_draft`, not how many it drafted); with lookup or auto and `--peers llama_cpp`, llama-cpp-python's
+`LlamaPromptLookupDecoding` on the GGUF the model came from.
 """
 
 from __future__ import annotations
@@ -269,10 +272,14 @@ def _llama_cpp_lookup_row(model, cls: str, prompts: list[list[int]], args) -> di
             "outputs": [r["tokens"] for r in replies],
         }
 
+    plains = [tally(run["plain"]) for run in out["runs"]]
     greedy = args.temperature == 0
-    runs = [_against(tally(run["plain"]), tally(run["lookup"]), greedy) for run in out["runs"]]
-    row = _summary("llama_cpp+lookup", cls, runs)
-    row["plain_tps"] = statistics.median(tally(run["plain"])["decode_tps"] for run in out["runs"])
+    row = _summary(
+        "llama_cpp+lookup",
+        cls,
+        [_against(p, tally(run["lookup"]), greedy) for p, run in zip(plains, out["runs"], strict=True)],
+    )
+    row["plain_tps"] = statistics.median(p["decode_tps"] for p in plains)
     return {**row, "note": out["note"]} if out.get("note") else row
 
 
