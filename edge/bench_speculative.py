@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 from importlib.resources import files
+from pathlib import Path
 
 from .bench import LLAMA_CPP_LOAD, MLX_LM_SAMPLER, bench_sampling, describe_sampling
 from .errors import EdgeError
@@ -245,8 +246,6 @@ def _mlx_lm_row(model_path: str, draft: str, cls: str, prompts: list[list[int]],
 def _llama_cpp_lookup_row(model, cls: str, prompts: list[list[int]], args) -> dict:
     """llama-cpp-python's LlamaPromptLookupDecoding on the GGUF the model came from; `identical` compares
     its greedy output with llama.cpp's own plain output."""
-    from pathlib import Path
-
     from .bench import run_llama_cpp_child, source_gguf
 
     gguf = Path(args.gguf) if getattr(args, "gguf", None) else source_gguf(model.path)
@@ -320,7 +319,9 @@ def _print(model, rows: list[dict], args) -> None:
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     for r in rows:
         same = "-" if r["identical"] is None else ("yes" if r["identical"] else "NO")
-        name = r["drafter"] if len(r["drafter"]) < 24 else "..." + r["drafter"][-21:]
+        engine, plus, spec = r["drafter"].rpartition("+")  # a draft folder by its name: "mlx_lm+draft41k"
+        name = engine + plus + (Path(spec).name if "/" in spec else spec)
+        name = name if len(name) < 24 else "..." + name[-21:]
         ratio = fmt(r["ratio"], ".2f") + ("x" if r["ratio"] else "")
         span = r.get("ratio_range")
         busy = r.get("draft_s", 0.0) + r.get("verify_s", 0.0)
