@@ -183,25 +183,42 @@ def run_llama_cpp(gguf: Path | None, prompt: list[int], max_tokens: int, repeats
     return run_llama_cpp_child(LLAMA_CPP_CHILD, gguf, args)
 
 
+PEERS = ("mlx_lm", "llama_cpp")
+
+
+def parse_peers(spec: str | None, default: str) -> list[str]:
+    """--peers as a list (spec, else default; "none" for no peer), refused before anything runs if it names
+    a peer edge does not know."""
+    from .errors import EdgeError
+
+    peers = [p.strip() for p in (spec or default).split(",") if p.strip() and p.strip() != "none"]
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        raise EdgeError(f"unknown peer(s) {', '.join(unknown)}; available: {', '.join(PEERS)}, none")
+    return peers
+
+
+def peer_gguf(model, args) -> Path | None:
+    """The GGUF llama.cpp runs: --gguf, else the one the model was converted from."""
+    return Path(args.gguf) if getattr(args, "gguf", None) else source_gguf(model.path)
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
 def run_bench(model, args) -> int:
-    import edge
-
+    peers = parse_peers(args.peers, "mlx_lm,llama_cpp")
     prompt = bench_prompt(model, args.prompt_tokens)
     sampling = bench_sampling(args)
     results = {"edge": run_edge(model, prompt, args.max_tokens, args.repeats, sampling)}
-    peers = [p.strip() for p in (args.peers or "mlx_lm,llama_cpp").split(",") if p.strip() and p.strip() != "none"]
     for peer in peers:
         if peer == "mlx_lm":
             results["mlx_lm"] = run_mlx_lm(str(model.path), prompt, args.peer_tokens, sampling)
-        elif peer == "llama_cpp":
-            gguf = Path(args.gguf) if getattr(args, "gguf", None) else source_gguf(model.path)
-            results["llama_cpp"] = run_llama_cpp(gguf, prompt, args.max_tokens, args.repeats, sampling)
         else:
-            raise edge.EdgeError(f"unknown peer '{peer}'; available: mlx_lm, llama_cpp, none")
+            results["llama_cpp"] = run_llama_cpp(
+                peer_gguf(model, args), prompt, args.max_tokens, args.repeats, sampling
+            )
     e, m, lc = results["edge"], results.get("mlx_lm", {}), results.get("llama_cpp", {})
     summary = {
         "model": str(model.path),

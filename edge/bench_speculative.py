@@ -24,8 +24,7 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
-from .bench import LLAMA_CPP_LOAD, MLX_LM_SAMPLER, bench_sampling, describe_sampling
-from .errors import EdgeError
+from .bench import LLAMA_CPP_LOAD, MLX_LM_SAMPLER, bench_sampling, describe_sampling, parse_peers
 from .events import Done
 from .sampling import Sampling
 
@@ -59,7 +58,9 @@ LLAMA_CPP_LOOKUP_CHILD = (
     LLAMA_CPP_LOAD
     + r"""
 from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
-n_ctx = max(len(ids) for ids in args["prompts"]) + args["max_tokens"] + 8
+prompts = args["prompts"]  # class -> prompts
+# room for 10 drafts past max_tokens: near a full context llama-cpp-python writes its drafts past its buffer
+n_ctx = max(len(ids) for ps in prompts.values() for ids in ps) + args["max_tokens"] + 32
 engines = {"plain": load(n_ctx), "lookup": load(n_ctx, draft_model=LlamaPromptLookupDecoding())}
 def once(llm, ids, n):
     llm.reset()
@@ -72,9 +73,9 @@ def once(llm, ids, n):
             break
     return {"tokens": out, "seconds": time.perf_counter() - first}
 for llm in engines.values():
-    once(llm, args["prompts"][0], 8)  # warm-up
-runs = [{name: [once(llm, ids, args["max_tokens"]) for ids in args["prompts"]] for name, llm in engines.items()}
-        for _ in range(args["repeats"])]
+    once(llm, next(iter(prompts.values()))[0], 8)  # warm-up
+runs = [{cls: {name: [once(llm, ids, args["max_tokens"]) for ids in ps] for name, llm in engines.items()}
+         for cls, ps in prompts.items()} for _ in range(args["repeats"])]
 print(json.dumps({"runs": runs}))
 """
 )
@@ -87,7 +88,7 @@ def prompt_suite() -> dict[str, list[str]]:
 def _run(model, prompts: list[list[int]], sampling: Sampling, drafter, fixed_length: int | None = None) -> dict:
     from .generate import stream_events
 
-    tokens, seconds, outputs, generated, per_prompt = 0, 0.0, [], 0, []
+    decoded, outputs, generated = [], [], 0  # decoded: (tokens after the first, seconds) per prompt
     drafted = accepted = steps = 0
     draft_s = verify_s = 0.0
     for ids in prompts:
@@ -99,9 +100,8 @@ def _run(model, prompts: list[list[int]], sampling: Sampling, drafter, fixed_len
             if isinstance(e, Done)
         ][-1]
         s = done.stats
-        tokens += max(s.generation_tokens - 1, 0)  # decode tok/s excludes the first token (prefill)
-        seconds += max(s.generation_tokens - 1, 0) / s.decode_tps if s.decode_tps else 0.0
-        per_prompt.append(s.decode_tps or None)
+        n = max(s.generation_tokens - 1, 0)  # decode tok/s excludes the first token (prefill)
+        decoded.append((n, n / s.decode_tps if s.decode_tps else 0.0))
         if s.draft:
             drafted, accepted, steps = (
                 drafted + s.draft.drafted,
@@ -112,22 +112,31 @@ def _run(model, prompts: list[list[int]], sampling: Sampling, drafter, fixed_len
         outputs.append(done.token_ids)
         generated += s.generation_tokens
     return {
-        "decode_tps": tokens / seconds if seconds else 0.0,
+        **_rates(decoded),
         "drafted": drafted,
         "accepted": accepted,
         "verify_steps": steps,
         "draft_s": draft_s,
         "verify_s": verify_s,
         "outputs": outputs,
-        "prompt_tps": per_prompt,
         "from_draft": accepted / max(generated, 1),
+    }
+
+
+def _rates(decoded: list[tuple[int, float]]) -> dict:
+    """Decode tok/s of a class (its prompts' tokens over their seconds) and of each prompt, from (tokens
+    after the first, seconds) per prompt: what every row, edge's or a peer's, is counted from."""
+    tokens, seconds = sum(n for n, _ in decoded), sum(t for _, t in decoded)
+    return {
+        "decode_tps": tokens / seconds if seconds else 0.0,
+        "prompt_tps": [n / t if n and t else None for n, t in decoded],
     }
 
 
 def run_speculative_bench(model, args) -> int:
     from .speculative import make_drafter
 
-    peers = _peers(args)
+    peers = parse_peers(args.peers, "none")
     suite = prompt_suite()
     chat = model.tokenizer.has_chat_template
     prompts = {cls: [model.encode(p, chat=chat) for p in texts] for cls, texts in suite.items()}
@@ -198,25 +207,18 @@ def _summary(name: str, cls: str, runs: list[dict]) -> dict:
     return row
 
 
-def _peers(args) -> set[str]:
-    """--peers as a set, refused before anything runs if it names an unknown peer."""
-    peers = {p.strip() for p in (args.peers or "none").split(",")} - {"", "none"}
-    if peers - {"mlx_lm", "llama_cpp"}:
-        unknown = ", ".join(sorted(peers - {"mlx_lm", "llama_cpp"}))
-        raise EdgeError(f"unknown peer(s) {unknown}; available: mlx_lm, llama_cpp, none")
-    return peers
-
-
-def _peer_rows(model, prompts: dict[str, list[list[int]]], names: list[str], peers: set[str], args) -> list[dict]:
+def _peer_rows(model, prompts: dict[str, list[list[int]]], names: list[str], peers: list[str], args) -> list[dict]:
     """--peers: mlx-lm with each draft model asked for, and llama-cpp-python's prompt lookup when lookup or
     auto is; each in a child process, against the same engine's plain decoding of the same prompts."""
-    draft_models = [n for n in names if n not in ("lookup", "auto") and not n.startswith("self")]
+    kinds = {name: name.partition(":")[0] for name in names}  # lookup, auto[:SPEC], self:BITS, or a folder
+    draft_models = [name for name, kind in kinds.items() if kind not in ("lookup", "auto", "self")]
     rows = []
-    for cls, ids in prompts.items():
-        if "mlx_lm" in peers:
-            rows += [_mlx_lm_row(str(model.path), name, cls, ids, args) for name in draft_models]
-        if "llama_cpp" in peers and {"lookup", "auto"} & set(names):
-            rows.append(_llama_cpp_lookup_row(model, cls, ids, args))
+    if "mlx_lm" in peers:
+        rows += [
+            _mlx_lm_row(str(model.path), name, cls, ids, args) for name in draft_models for cls, ids in prompts.items()
+        ]
+    if "llama_cpp" in peers and {"lookup", "auto"} & set(kinds.values()):
+        rows += _llama_cpp_lookup_rows(model, prompts, args)
     return rows
 
 
@@ -243,12 +245,11 @@ def _mlx_lm_row(model_path: str, draft: str, cls: str, prompts: list[list[int]],
     }
 
 
-def _llama_cpp_lookup_row(model, cls: str, prompts: list[list[int]], args) -> dict:
-    """llama-cpp-python's LlamaPromptLookupDecoding on the GGUF the model came from; `identical` compares
-    its greedy output with llama.cpp's own plain output."""
-    from .bench import run_llama_cpp_child, source_gguf
+def _llama_cpp_lookup_rows(model, prompts: dict[str, list[list[int]]], args) -> list[dict]:
+    """llama-cpp-python's LlamaPromptLookupDecoding on the GGUF the model came from, a row per class, all from
+    one child; `identical` compares its greedy output with llama.cpp's own plain output."""
+    from .bench import peer_gguf, run_llama_cpp_child
 
-    gguf = Path(args.gguf) if getattr(args, "gguf", None) else source_gguf(model.path)
     payload = {
         "prompts": prompts,
         "max_tokens": args.max_tokens,
@@ -256,30 +257,24 @@ def _llama_cpp_lookup_row(model, cls: str, prompts: list[list[int]], args) -> di
         "sampling": bench_sampling(args),
         "eos": sorted(model.tokenizer.eos_token_ids),
     }
-    out = run_llama_cpp_child(LLAMA_CPP_LOOKUP_CHILD, gguf, payload)
+    out = run_llama_cpp_child(LLAMA_CPP_LOOKUP_CHILD, peer_gguf(model, args), payload)
     if "error" in out:
-        return {**_row("llama_cpp+lookup", cls, None, None, None, None, None), "error": out["error"]}
-
-    def tally(replies: list[dict]) -> dict:  # one class's replies as _run counts them
-        tps = [
-            (len(r["tokens"]) - 1) / r["seconds"] if len(r["tokens"]) > 1 and r["seconds"] else None for r in replies
+        return [
+            {**_row("llama_cpp+lookup", cls, None, None, None, None, None), "error": out["error"]} for cls in prompts
         ]
-        decoded = sum(max(len(r["tokens"]) - 1, 0) for r in replies)
-        return {
-            "decode_tps": decoded / sum(r["seconds"] for r in replies),
-            "prompt_tps": tps,
-            "outputs": [r["tokens"] for r in replies],
-        }
 
-    plains = [tally(run["plain"]) for run in out["runs"]]
-    greedy = args.temperature == 0
-    row = _summary(
-        "llama_cpp+lookup",
-        cls,
-        [_against(p, tally(run["lookup"]), greedy) for p, run in zip(plains, out["runs"], strict=True)],
-    )
-    row["plain_tps"] = statistics.median(p["decode_tps"] for p in plains)
-    return {**row, "note": out["note"]} if out.get("note") else row
+    def tally(replies: list[dict]) -> dict:  # one class's replies, counted as _run counts edge's
+        decoded = [(max(len(r["tokens"]) - 1, 0), r["seconds"]) for r in replies]
+        return {**_rates(decoded), "outputs": [r["tokens"] for r in replies]}
+
+    greedy, rows = args.temperature == 0, []
+    for cls in prompts:
+        plains = [tally(run[cls]["plain"]) for run in out["runs"]]
+        looks = [tally(run[cls]["lookup"]) for run in out["runs"]]
+        row = _summary("llama_cpp+lookup", cls, [_against(p, r, greedy) for p, r in zip(plains, looks, strict=True)])
+        row["plain_tps"] = statistics.median(p["decode_tps"] for p in plains)
+        rows.append({**row, "note": out["note"]} if out.get("note") else row)
+    return rows
 
 
 def _controller(fixed_length: int | None):
@@ -312,9 +307,8 @@ def _print(model, rows: list[dict], args) -> None:
         title=f"speculative decoding: {model.path.name}, {sampled}, {args.max_tokens} tokens per prompt, "
         f"{runs} interleaved run{'s' if runs > 1 else ''}" + (" (medians)" if runs > 1 else "")
     )
-    columns = ("drafter", "prompts", "decode tok/s", "vs plain", "range", "worst prompt", "acceptance", "per step")
-    columns += ("drafting",)
-    for col in (*columns, "from draft", "identical"):
+    columns = ("drafter", "prompts", "decode tok/s", "vs plain", "range", "worst prompt", "acceptance")
+    for col in (*columns, "per step", "drafting", "from draft", "identical"):
         t.add_column(col, justify="left" if col in ("drafter", "prompts") else "right")
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     for r in rows:

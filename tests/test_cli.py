@@ -143,7 +143,7 @@ def test_llama_cpp_lookup_rows_are_against_llama_cpps_own_plain(monkeypatch):
     from pytest import approx
 
     import edge.bench as bench
-    from edge.bench_speculative import _llama_cpp_lookup_row
+    from edge.bench_speculative import _llama_cpp_lookup_rows
 
     def reply(tokens, seconds):
         return {"tokens": tokens, "seconds": seconds}
@@ -152,10 +152,11 @@ def test_llama_cpp_lookup_rows_are_against_llama_cpps_own_plain(monkeypatch):
         {"plain": [reply([1] * 5, 0.4), reply([2] * 3, 0.2)], "lookup": [reply([1] * 5, 0.2), reply([2] * 3, 0.4)]},
         {"plain": [reply([1] * 5, 0.4), reply([2] * 3, 0.2)], "lookup": [reply([1] * 5, 0.1), reply([2, 2, 3], 0.2)]},
     ]
+    runs = [{"grounded": run} for run in runs]  # the child answers per class
     monkeypatch.setattr(bench, "run_llama_cpp_child", lambda child, gguf, payload: {"runs": runs})
     model = SimpleNamespace(path=None, tokenizer=SimpleNamespace(eos_token_ids={0}))
     args = Namespace(gguf="x.gguf", max_tokens=4, repeats=2, temperature=0.0, top_p=1.0, min_p=0.0, top_k=0)
-    row = _llama_cpp_lookup_row(model, "grounded", [[5], [6]], args)
+    [row] = _llama_cpp_lookup_rows(model, {"grounded": [[5], [6]]}, args)
     # plain 6 tokens in 0.6 s; lookup 6 in 0.6 s, then 6 in 0.3 s: ratios 1.0 and 2.0, median 1.5
     assert row["drafter"] == "llama_cpp+lookup" and row["ratio"] == approx(1.5)
     assert row["decode_tps"] == approx(15.0) and row["plain_tps"] == approx(10.0)
