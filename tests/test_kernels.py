@@ -254,6 +254,36 @@ def test_a_verify_pass_equals_single_steps_bit_for_bit(quantized_models, name):
     assert np.array_equal(together, alone)
 
 
+def test_layers_on_two_streams_at_once_compute_the_same_bits(quantized_models):
+    """Each layer runs as one job over the cores; a second CPU stream evaluating layers at the same time finds
+    the cores taken and runs its layer alone on its own thread. Either way every position's logits are the
+    bits of the same passes run one stream at a time."""
+    import threading
+
+    module = edge.load(quantized_models["long"]).module
+    prompts = [[(i * 13 + 5) % 300 + 3 for i in range(150)], [(i * 7 + 2) % 300 + 3 for i in range(150)]]
+
+    def passes(ids, stream):
+        cache, out = module.make_cache(), []
+        with mx.stream(stream):
+            for start, end in [(0, 120), (120, 133), (133, 134), (134, 150)]:  # a prompt, verify passes, a step
+                out.append(np.array(module(mx.array(ids[start:end])[None], cache=cache)))
+        return np.concatenate(out, axis=1)
+
+    def in_thread(i: int, got: list) -> None:
+        got[i] = passes(prompts[i], mx.new_stream(mx.cpu))  # a stream belongs to the thread that makes it
+
+    alone = [passes(ids, mx.default_stream(mx.cpu)) for ids in prompts]
+    for _ in range(3):
+        got: list = [None, None]
+        threads = [threading.Thread(target=in_thread, args=(i, got)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(np.array_equal(g, a) for g, a in zip(got, alone, strict=True))
+
+
 def test_fused_model_generates_exactly_with_drafts_and_chat(quantized_models):
     model = edge.load(quantized_models["gguf"])
     prompt = "the quick brown fox the quick brown fox the quick"

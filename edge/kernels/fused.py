@@ -96,8 +96,11 @@ def _shape(model: nn.Module):
     if getattr(rope, "traditional", False) or int(getattr(rope, "dims", head_dim)) != head_dim or head_dim % 16:
         return None  # the kernel's attention works on 16 values of a head at a time
     for layer in model.model.layers:
-        if any(not isinstance(m, PackedLinear) or "bias" in m for m in _projections(layer)):
+        mods = _projections(layer)
+        if any(not isinstance(m, PackedLinear) or "bias" in m for m in mods):
             return None
+        if len({m.group_size for m in mods[:3]}) > 1 or mods[4].group_size != mods[5].group_size:
+            return None  # the kernel quantizes each input once, for the group size of all its products
         if not all(isinstance(n, nn.RMSNorm) for n in (layer.input_layernorm, layer.post_attention_layernorm)):
             return None
     return attn.n_heads, attn.n_kv_heads, head_dim

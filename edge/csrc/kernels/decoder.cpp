@@ -292,6 +292,39 @@ void merge_chunks(const float* part, const float* top, const float* sum, int chu
   }
 }
 
+// [begin, end) of part `part` of `parts` of n items.
+inline void share(int n, int part, int parts, int& begin, int& end) {
+  begin = static_cast<int>(static_cast<long>(n) * part / parts);
+  end = static_cast<int>(static_cast<long>(n) * (part + 1) / parts);
+}
+
+// [begin, end) of part `part` of `parts` of n items in order, weighing weight(i): each part a run of items whose
+// weights add up to about its share (an item goes to the part its weight's midpoint falls in).
+template <typename Weight>
+void weighted_share(int n, int part, int parts, Weight weight, int& begin, int& end) {
+  long total = 0, before = 0;
+  for (int i = 0; i < n; ++i) total += weight(i);
+  begin = n, end = 0;
+  for (int i = 0; i < n; ++i) {
+    const long w = weight(i);
+    if (std::min<long>((2 * before + w) * parts / (2 * std::max(total, 1l)), parts - 1) == part) {
+      begin = std::min(begin, i);
+      end = i + 1;
+    }
+    before += w;
+  }
+  end = std::max(begin, end);
+}
+
+// One layer over M positions as one job on the pool's cores, each step split between them, a barrier between
+// steps. Run step by step on the calling thread, the norms, RoPE, SwiGLU, the activations' quantization and the
+// residual adds took ~20% of a verify pass over 12 positions on 2 cores (1.8 of 9.9 ms on SmolLM2) while the
+// other core waited. Steps on whole rows (norms, attention's queries) split the positions; the products split
+// their output columns, and what comes next on those columns is done by the core that computed them, while they
+// are in its cache: RoPE and the cache writes on whole heads, SwiGLU and the down product's quantization on
+// whole groups. (As a step of its own, reading what the other core computed, RoPE and the cache writes took ~2 us
+// a position and layer; from the computing core's cache ~0.25.) Each row's arithmetic is the same whichever core
+// does it and however many rows there are.
 void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int offset) {
   const int H = L.heads, KVH = L.kv_heads, hd = L.head_dim, half = hd / 2, F = p.q[4].N;
   const size_t m = static_cast<size_t>(M);
@@ -299,85 +332,133 @@ void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int o
         *v = scratch(V, m * KVH * hd), *att = scratch(ATT, m * H * hd), *o = scratch(O, m * D),
         *g = scratch(G, m * F), *u = scratch(U, m * F);
   float* h = p.out;
-  std::copy(p.h, p.h + m * D, h);
-
-  rms_norm(h, p.attn_norm, xn, M, D, L.eps);
-  float* qkv[3] = {q, k, v};
-  packed_gemm_many(xn, M, p.q, qkv, 3);
-  for (int i = 0; i < M; ++i) {
-    const int pos = offset + i;
-    const float *c = p.cos + static_cast<size_t>(pos) * half, *s = p.sin + static_cast<size_t>(pos) * half;
-    for (int hh = 0; hh < H; ++hh) rope(q + (static_cast<size_t>(i) * H + hh) * hd, c, s, half);
-    for (int kh = 0; kh < KVH; ++kh) {
-      float* kv = k + (static_cast<size_t>(i) * KVH + kh) * hd;
-      rope(kv, c, s, half);
-      half_t* kt = p.k_cache + (static_cast<size_t>(kh) * capacity + pos / KEY_BLOCK * KEY_BLOCK) * hd +
-                   pos % KEY_BLOCK; // block pos / 16 of head kh, lane pos % 16
-      for (int e = 0; e < hd; ++e) kt[e * KEY_BLOCK] = static_cast<half_t>(kv[e]);
-      const float* vv = v + (static_cast<size_t>(i) * KVH + kh) * hd;
-      half_t* vt = p.v_cache + (static_cast<size_t>(kh) * capacity + pos) * hd;
-      for (int e = 0; e < hd; ++e) vt[e] = static_cast<half_t>(vv[e]);
-    }
-  }
   // Attention per KV head over the query rows that use it (M positions x the heads of its group), laid out
-  // kv-head-major.
-  const int group = H / KVH, rows = M * group;
+  // kv-head-major, in blocks of at most ROW_BLOCK rows (bounding the chunks' shares: a prompt's pass has 1,536
+  // rows a head). A block's work items are (KV head, chunk, part of the block's rows); the rows are split in
+  // parts (each reads the chunk's keys and values) only when heads and chunks make fewer than 4 items a core
+  // (enough for runs of them to balance: the last chunk holds only the context past a multiple of 128), and
+  // each part keeps 4 rows or more (one position's 3 rows split in two took longer than on one core).
+  constexpr int ROW_BLOCK = 64;
+  const int group = H / KVH, rows = M * group, cores = pool_size();
   const size_t grouped = static_cast<size_t>(KVH) * rows * hd;
   float *qg = scratch(QG, grouped), *ag = scratch(AG, grouped);
-  for (int i = 0; i < M; ++i)
-    for (int hh = 0; hh < H; ++hh) {
-      const float* from = q + (static_cast<size_t>(i) * H + hh) * hd;
-      float* to = qg + ((static_cast<size_t>(hh / group) * M + i) * group + hh % group) * hd;
-      for (int e = 0; e < hd; ++e) to[e] = from[e] * L.scale;
-    }
   std::vector<int> lens(rows);
   for (int r = 0; r < rows; ++r) lens[r] = offset + r / group + 1; // row r is position r / group
-  // Blocks of at most ROW_BLOCK rows (bounding the chunks' shares: a prompt's pass has 1,536 rows a head), each
-  // in work items of (KV head, chunk, part of the block's rows). The rows are split in parts (each reads the
-  // chunk's keys and values) only when heads and chunks are fewer than twice the cores, and each part keeps 4
-  // rows or more (one position's 3 rows split in two took longer than on one core).
-  constexpr int ROW_BLOCK = 64;
-  for (int b0 = 0; b0 < rows; b0 += ROW_BLOCK) {
-    const int nb = std::min(ROW_BLOCK, rows - b0), chunks = (lens[b0 + nb - 1] + CHUNK - 1) / CHUNK;
-    const int splits = std::max(1, std::min(nb / 4, (2 * pool_size() + KVH * chunks - 1) / (KVH * chunks)));
-    const size_t per_chunk = static_cast<size_t>(nb) * hd; // one chunk's shares of one KV head's rows
-    float* shares = scratch(SHARES, static_cast<size_t>(KVH) * chunks * per_chunk);
-    float* tops = scratch(TOPS, static_cast<size_t>(KVH) * chunks * nb);
-    float* sums = scratch(SUMS, static_cast<size_t>(KVH) * chunks * nb);
-    const long work = static_cast<long>(KVH) * nb * lens[b0 + nb - 1] * hd * 2;
-    parallel_for(KVH * chunks * splits, work, [&](int begin, int end) {
+  const int most_chunks = (lens[rows - 1] + CHUNK - 1) / CHUNK, block_rows = std::min(ROW_BLOCK, rows);
+  float* shares = scratch(SHARES, static_cast<size_t>(KVH) * most_chunks * block_rows * hd);
+  float* tops = scratch(TOPS, static_cast<size_t>(KVH) * most_chunks * block_rows);
+  float* sums = scratch(SUMS, static_cast<size_t>(KVH) * most_chunks * block_rows);
+  QuantX &qd = thread_quantx(0), &qa = thread_quantx(1), &qf = thread_quantx(2); // inputs of width D, H hd, F
+  quantx_prepare(qd, xn, M, D, 32); // room for the smallest group size
+  quantx_prepare(qa, att, M, H * hd, 32);
+  quantx_prepare(qf, g, M, F, 32);
+  const int head_units = hd / unit_columns(), all_heads = H + 2 * KVH; // q's heads, then k's, then v's
+  const int fgs = p.q[6].gs, fgroups = F / fgs, fg_units = fgs / unit_columns(); // the down product's groups
+
+  pool_together(cores, [&](int part, int parts, Barrier& barrier) {
+    int r0, r1; // this part's positions (rows of h)
+    share(M, part, parts, r0, r1);
+    const size_t a = static_cast<size_t>(r0) * D, b = static_cast<size_t>(r1) * D;
+    std::copy(p.h + a, p.h + b, h + a);
+    rms_norm(h + a, p.attn_norm, xn + a, r1 - r0, D, L.eps);
+    quantize_x(xn, D, p.q[0].gs, qd, r0, r1, 0, D / p.q[0].gs);
+    barrier.wait();
+
+    // this part's heads of q, k and v, a run of them: a key or value head weighs 7/6 of a query head, for the
+    // cache it writes (at 12 positions on 2 cores, 8 heads against 7 by count left one core waiting 25% of the
+    // step)
+    int h0, h1;
+    weighted_share(all_heads, part, parts, [&](int head) { return head < H ? 6 : 7; }, h0, h1);
+    float* qkv[3] = {q, k, v};
+    packed_gemm_units(qd, M, p.q, qkv, 3, static_cast<long>(h0) * head_units, static_cast<long>(h1) * head_units);
+    for (int i = 0; i < M; ++i) {
+      const int pos = offset + i;
+      const float *c = p.cos + static_cast<size_t>(pos) * half, *s = p.sin + static_cast<size_t>(pos) * half;
+      for (int head = h0; head < h1; ++head) {
+        if (head < H) { // a query head: rotated, scaled, into its KV head's rows
+          float* qv = q + (static_cast<size_t>(i) * H + head) * hd;
+          rope(qv, c, s, half);
+          float* to = qg + ((static_cast<size_t>(head / group) * M + i) * group + head % group) * hd;
+          for (int e = 0; e < hd; ++e) to[e] = qv[e] * L.scale;
+        } else if (head < H + KVH) { // a key head: rotated, into block pos / 16 of the cache, lane pos % 16
+          const int kh = head - H;
+          float* kv = k + (static_cast<size_t>(i) * KVH + kh) * hd;
+          rope(kv, c, s, half);
+          half_t* kt = p.k_cache + (static_cast<size_t>(kh) * capacity + pos / KEY_BLOCK * KEY_BLOCK) * hd +
+                       pos % KEY_BLOCK;
+          for (int e = 0; e < hd; ++e) kt[e * KEY_BLOCK] = static_cast<half_t>(kv[e]);
+        } else { // a value head
+          const int kh = head - H - KVH;
+          const float* vv = v + (static_cast<size_t>(i) * KVH + kh) * hd;
+          half_t* vt = p.v_cache + (static_cast<size_t>(kh) * capacity + pos) * hd;
+          for (int e = 0; e < hd; ++e) vt[e] = static_cast<half_t>(vv[e]);
+        }
+      }
+    }
+    barrier.wait();
+
+    for (int b0 = 0; b0 < rows; b0 += ROW_BLOCK) {
+      const int nb = std::min(ROW_BLOCK, rows - b0), last = lens[b0 + nb - 1], chunks = (last + CHUNK - 1) / CHUNK;
+      const int splits = std::max(1, std::min(nb / 4, (4 * cores + KVH * chunks - 1) / (KVH * chunks)));
+      const size_t per_chunk = static_cast<size_t>(nb) * hd; // one chunk's shares of one KV head's rows
+      const int items = KVH * chunks * splits;
+      int i0, i1; // a run of items, about as many positions to attend over in each part's
+      const auto positions = [&](int item) { return std::min(CHUNK, last - item / splits % chunks * CHUNK); };
+      weighted_share(items, part, parts, positions, i0, i1);
       float* scores = scratch(SCORES, static_cast<size_t>(ROW_TILE) * CHUNK);
-      for (int item = begin; item < end; ++item) {
-        const int kh = item / (chunks * splits), c = item / splits % chunks, part = item % splits;
-        const int r0 = nb * part / splits, r1 = nb * (part + 1) / splits;
-        const size_t at = (static_cast<size_t>(kh) * chunks + c) * nb + r0;
-        if (r1 > r0)
-          attend_chunk(qg + (static_cast<size_t>(kh) * rows + b0 + r0) * hd, r1 - r0, lens.data() + b0 + r0,
+      for (int item = i0; item < i1; ++item) {
+        const int kh = item / (chunks * splits), c = item / splits % chunks;
+        int j0, j1; // the item's rows of the block
+        share(nb, item % splits, splits, j0, j1);
+        const size_t at = (static_cast<size_t>(kh) * chunks + c) * nb + j0;
+        if (j1 > j0)
+          attend_chunk(qg + (static_cast<size_t>(kh) * rows + b0 + j0) * hd, j1 - j0, lens.data() + b0 + j0,
                        p.k_cache + static_cast<size_t>(kh) * hd * capacity,
                        p.v_cache + static_cast<size_t>(kh) * capacity * hd, hd, c * CHUNK, scores,
                        shares + at * hd, tops + at, sums + at);
       }
-    });
-    for (int kh = 0; kh < KVH; ++kh)
-      for (int r = 0; r < nb; ++r) {
+      barrier.wait();
+      int j0, j1; // this part's (KV head, row) pairs of the block
+      share(KVH * nb, part, parts, j0, j1);
+      for (int j = j0; j < j1; ++j) {
+        const int kh = j / nb, r = j % nb;
         const size_t at = static_cast<size_t>(kh) * chunks * nb + r;
         merge_chunks(shares + at * hd, tops + at, sums + at, (lens[b0 + r] + CHUNK - 1) / CHUNK, per_chunk, hd,
                      ag + (static_cast<size_t>(kh) * rows + b0 + r) * hd);
       }
-  }
-  for (int i = 0; i < M; ++i)
-    for (int hh = 0; hh < H; ++hh)
-      std::copy_n(ag + ((static_cast<size_t>(hh / group) * M + i) * group + hh % group) * hd, hd,
-                  att + (static_cast<size_t>(i) * H + hh) * hd);
-  packed_gemm(att, M, p.q[3], o);
-  for (size_t i = 0; i < m * D; ++i) h[i] += o[i];
+      barrier.wait();
+    }
+    for (int i = r0; i < r1; ++i)
+      for (int hh = 0; hh < H; ++hh)
+        std::copy_n(ag + ((static_cast<size_t>(hh / group) * M + i) * group + hh % group) * hd, hd,
+                    att + (static_cast<size_t>(i) * H + hh) * hd);
+    quantize_x(att, H * hd, p.q[3].gs, qa, r0, r1, 0, H * hd / p.q[3].gs);
+    barrier.wait();
+    int u0, u1;
+    share(product_units(p.q[3]), part, parts, u0, u1);
+    packed_gemm_units(qa, M, p.q + 3, &o, 1, u0, u1);
+    barrier.wait();
 
-  rms_norm(h, p.mlp_norm, xn, M, D, L.eps);
-  float* gate_up[2] = {g, u};
-  packed_gemm_many(xn, M, p.q + 4, gate_up, 2);
-  swiglu(g, u, m * F);
-  packed_gemm(g, M, p.q[6], o);
-  for (size_t i = 0; i < m * D; ++i) h[i] += o[i];
+    for (size_t i = a; i < b; ++i) h[i] += o[i];
+    rms_norm(h + a, p.mlp_norm, xn + a, r1 - r0, D, L.eps);
+    quantize_x(xn, D, p.q[4].gs, qd, r0, r1, 0, D / p.q[4].gs);
+    barrier.wait();
+
+    int f0, f1; // this part's groups of the down product's input: the same columns of gate and up
+    share(fgroups, part, parts, f0, f1);
+    packed_gemm_units(qd, M, p.q + 4, &g, 1, static_cast<long>(f0) * fg_units, static_cast<long>(f1) * fg_units);
+    packed_gemm_units(qd, M, p.q + 5, &u, 1, static_cast<long>(f0) * fg_units, static_cast<long>(f1) * fg_units);
+    for (int i = 0; i < M; ++i) {
+      const size_t row = static_cast<size_t>(i) * F + static_cast<size_t>(f0) * fgs;
+      swiglu(g + row, u + row, static_cast<size_t>(f1 - f0) * fgs);
+    }
+    quantize_x(g, F, fgs, qf, 0, M, f0, f1);
+    barrier.wait();
+    share(product_units(p.q[6]), part, parts, u0, u1);
+    packed_gemm_units(qf, M, p.q + 6, &o, 1, u0, u1);
+    barrier.wait();
+    for (size_t i = a; i < b; ++i) h[i] += o[i];
+  });
 }
 
 // The checks of a layer's own weights (once per model).
@@ -386,6 +467,9 @@ void check_weights(int D, const std::vector<array>& quantized, const LayerShape&
   if (shape.bits.size() != 7 || shape.group_sizes.size() != 7 || shape.outputs.size() != 7)
     throw std::invalid_argument("DecoderStack: give bits, group sizes and outputs of the 7 products");
   if (shape.head_dim % 16 != 0) throw std::invalid_argument("DecoderStack: head_dim must be a multiple of 16");
+  const std::vector<int>& gs = shape.group_sizes;
+  if (gs[1] != gs[0] || gs[2] != gs[0] || gs[5] != gs[4])
+    throw std::invalid_argument("DecoderStack: q, k and v (and gate and up) must share a group size");
   const int hd = shape.head_dim, F = shape.outputs[4];
   const int widths[7] = {D, D, D, shape.heads * hd, D, D, F}; // each product's K
   for (int i = 0; i < 7; ++i)

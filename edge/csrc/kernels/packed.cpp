@@ -59,22 +59,29 @@ struct Products {
 #if EDGE_X86
 // ---- x86: int16 activations, integer dot products --------------------------------------------------------
 
+} // namespace
+
 struct QuantX {
   std::vector<int16_t> q; // M x K, in the natural order: (x[2t], x[2t+1]) is one 32-bit pair
   std::vector<float> scale; // M x K/32
   std::vector<float> xsum; // M x G: group sums of the quantized values (see below)
 };
 
+void quantx_prepare(QuantX& out, const float*, int M, int K, int gs) {
+  const size_t at_least = static_cast<size_t>(M) * K; // grown only: a layer's products of different K share it
+  if (out.q.size() < at_least) out.q.resize(at_least);
+  if (out.scale.size() < at_least / 32) out.scale.resize(at_least / 32);
+  if (out.xsum.size() < at_least / gs) out.xsum.resize(at_least / gs);
+}
+
 // Quantize x per block of 32. The group sums of x are replaced by those of its quantized values: the result
 // is then exactly (quantized x) @ w.T, where the bias term cancels most of the activations' rounding (the
 // weights' integers are offset, all positive; summing the exact x here would leave that error uncancelled).
-void quantize_x(const float* x, int M, int K, int gs, QuantX& out) {
+void quantize_x(const float* x, int K, int gs, QuantX& out, int m0, int m1, int g0, int g1) {
   const int blocks = K / 32, G = K / gs, per_group = gs / 32;
-  out.q.resize(static_cast<size_t>(M) * K);
-  out.scale.resize(static_cast<size_t>(M) * blocks);
-  out.xsum.assign(static_cast<size_t>(M) * G, 0.f);
-  for (int m = 0; m < M; ++m)
-    for (int j = 0; j < blocks; ++j) {
+  for (int m = m0; m < m1; ++m)
+    for (int j = g0 * per_group; j < g1 * per_group; ++j) {
+      if (j % per_group == 0) out.xsum[static_cast<size_t>(m) * G + j / per_group] = 0.f;
       const float* xb = x + static_cast<size_t>(m) * K + j * 32;
 #if EDGE_AVX512
       // the same arithmetic as below, 16 at a time (cvtps rounds to nearest even, as nearbyint does): the rows
@@ -107,6 +114,8 @@ void quantize_x(const float* x, int M, int K, int gs, QuantX& out) {
 #endif
     }
 }
+
+namespace {
 
 // Vector types: 16 int32 lanes (one panel) with AVX-512, 8 (half a panel) with AVX2. TILE = rows x units
 // held in registers at once (accumulators: 2 * TILE vectors of 32 / 16 registers); ROWS = the most rows in
@@ -239,7 +248,7 @@ struct Vec {
 };
 #endif
 
-constexpr int UNITS_PER_PANEL = PANEL / Vec::LANES;
+constexpr int UNITS_PER_PANEL = PANEL / Vec::LANES, UNIT_COLUMNS = Vec::LANES;
 // How far ahead a tile asks for its weights (and their scales and biases): in each of its C streams (one
 // per unit), and near its last block in the next tile's, which start C panels on. The hardware prefetcher
 // stops at 4 KB pages and does not keep up: without this a verify pass over 8 positions ran at half its
@@ -395,18 +404,29 @@ int units_of(const PackedWeight& w) {
 #else
 // ---- portable: fp32 loops over the same layout (the compiler vectorises the 16 columns) -------------------
 
+} // namespace
+
 struct QuantX {
   const float* x;
   std::vector<float> xsum; // M x G: group sums of x
 };
 
-void quantize_x(const float* x, int M, int K, int gs, QuantX& out) {
-  const int G = K / gs;
+void quantx_prepare(QuantX& out, const float* x, int M, int K, int gs) {
   out.x = x;
-  out.xsum.assign(static_cast<size_t>(M) * G, 0.f);
-  for (int m = 0; m < M; ++m)
-    for (int k = 0; k < K; ++k) out.xsum[static_cast<size_t>(m) * G + k / gs] += x[static_cast<size_t>(m) * K + k];
+  if (out.xsum.size() < static_cast<size_t>(M) * K / gs) out.xsum.resize(static_cast<size_t>(M) * K / gs);
 }
+
+void quantize_x(const float* x, int K, int gs, QuantX& out, int m0, int m1, int g0, int g1) {
+  const int G = K / gs;
+  for (int m = m0; m < m1; ++m)
+    for (int g = g0; g < g1; ++g) {
+      float& sum = out.xsum[static_cast<size_t>(m) * G + g];
+      sum = 0.f;
+      for (int k = g * gs; k < (g + 1) * gs; ++k) sum += x[static_cast<size_t>(m) * K + k];
+    }
+}
+
+namespace {
 
 // One panel's block as integers, q[k][l] (k-index within the block, column l of the panel).
 void decode_block(const uint8_t* src, int bits, float (&q)[32][PANEL]) {
@@ -449,6 +469,8 @@ void run_units(const Products& p, const QuantX& qx, int i, int u0, int u1) {
   }
 }
 
+constexpr int UNIT_COLUMNS = PANEL;
+
 int units_of(const PackedWeight& w) {
   return (w.N + PANEL - 1) / PANEL;
 }
@@ -459,39 +481,43 @@ constexpr long PARALLEL_MACS = 64l << 10;
 
 } // namespace
 
-void packed_gemm_many(const float* x, int M, const PackedWeight* ws, float* const* ys, int count) {
-  for (int i = 1; i < count; ++i)
-    if (ws[i].K != ws[0].K || ws[i].gs != ws[0].gs) {
-      for (int j = 0; j < count; ++j) packed_gemm(x, M, ws[j], ys[j]);
-      return;
-    }
-  thread_local QuantX scratch; // reused across calls; the workers must see the caller's, hence `qx` below
-  QuantX& qx = scratch;
-  quantize_x(x, M, ws[0].K, ws[0].gs, qx);
+int product_units(const PackedWeight& w) {
+  return units_of(w);
+}
+
+int unit_columns() {
+  return UNIT_COLUMNS;
+}
+
+void packed_gemm_units(const QuantX& qx, int M, const PackedWeight* ws, float* const* ys, int count, long lo,
+                       long hi) {
   const Products p{ws, ys, count, M};
-  long total = 0, macs = 0;
-  for (int i = 0; i < count; ++i) {
-    total += units_of(ws[i]);
-    macs += static_cast<long>(ws[i].N) * ws[i].K * M;
-  }
-  // Split the units of all products over the cores, in contiguous ranges.
-  const int parts = macs > PARALLEL_MACS ? static_cast<int>(std::min<long>(pool_size(), total)) : 1;
-  pool_run(parts, [&](int t) {
-    long lo = total * t / parts, hi = total * (t + 1) / parts, base = 0;
-    for (int i = 0; i < count && lo < hi; ++i) {
-      const long n = units_of(ws[i]);
-      if (lo < base + n) {
-        const long end = std::min(hi, base + n);
-        run_units(p, qx, i, static_cast<int>(lo - base), static_cast<int>(end - base));
-        lo = end;
-      }
-      base += n;
+  long base = 0;
+  for (int i = 0; i < count && lo < hi; ++i) {
+    const long n = units_of(ws[i]);
+    if (lo < base + n) {
+      const long end = std::min(hi, base + n);
+      run_units(p, qx, i, static_cast<int>(lo - base), static_cast<int>(end - base));
+      lo = end;
     }
-  });
+    base += n;
+  }
+}
+
+QuantX& thread_quantx(int slot) {
+  thread_local QuantX scratch[QUANTX_SLOTS];
+  return scratch[slot];
 }
 
 void packed_gemm(const float* x, int M, const PackedWeight& w, float* y) {
-  packed_gemm_many(x, M, &w, &y, 1);
+  QuantX& qx = thread_quantx(); // the workers must see the caller's
+  quantx_prepare(qx, x, M, w.K, w.gs);
+  quantize_x(x, w.K, w.gs, qx, 0, M, 0, w.K / w.gs);
+  // each core a contiguous range of the units
+  const long units = units_of(w);
+  const long macs = static_cast<long>(w.N) * w.K * M;
+  const int parts = macs > PARALLEL_MACS ? static_cast<int>(std::min<long>(pool_size(), units)) : 1;
+  pool_run(parts, [&](int t) { packed_gemm_units(qx, M, &w, &y, 1, units * t / parts, units * (t + 1) / parts); });
 }
 
 void dequantize_rows(const PackedWeight& w, const int32_t* ids, int count, float* out) {

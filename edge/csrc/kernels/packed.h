@@ -32,8 +32,26 @@ struct PackedWeight {
 
 // y (M x N, row-contiguous) = x (M x K) @ dequantize(w).T, split over edge's worker pool.
 void packed_gemm(const float* x, int M, const PackedWeight& w, float* y);
-// Several products of the same x (same K, group size and bits: q, k, v; gate, up), in one round.
-void packed_gemm_many(const float* x, int M, const PackedWeight* ws, float* const* ys, int count);
+
+// A product's input as the kernel reads it (on x86 int16 per block of 32, with the blocks' scales and the
+// groups' sums; elsewhere the floats and their group sums), prepared once for every product of the same x.
+// For work already split over the parts of a pool_together job (decoder.cpp), which must not call
+// packed_gemm (it runs its own pool round):
+struct QuantX;
+//   the calling thread's, one per slot (each reused from call to call);
+constexpr int QUANTX_SLOTS = 3;
+QuantX& thread_quantx(int slot = 0);
+//   room for M x K (grown only, so one QuantX serves a layer's products of every K), and x itself where kept,
+//   before the parts write into it;
+void quantx_prepare(QuantX& qx, const float* x, int M, int K, int gs);
+//   rows m0..m1-1 and groups g0..g1-1 (of gs along K) of x (M x K): each part its own rows or groups;
+void quantize_x(const float* x, int K, int gs, QuantX& qx, int m0, int m1, int g0, int g1);
+//   once all of x is quantized, units lo..hi-1 of the products' units (their output columns, unit_columns()
+//   each, product after product: product_units(w) of each; all K and gs equal).
+int product_units(const PackedWeight& w);
+int unit_columns();
+void packed_gemm_units(const QuantX& qx, int M, const PackedWeight* ws, float* const* ys, int count, long lo,
+                       long hi);
 
 // Rows of dequantize(w) (an embedding lookup of a packed embedding): out[r, :] = row ids[r], K floats each,
 // computed as q * scale + bias (the product is exact, so this equals MLX's dequantize bit for bit).

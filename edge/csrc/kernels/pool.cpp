@@ -19,9 +19,6 @@ namespace edge {
 
 namespace {
 
-// Products smaller than this run on the calling thread (splitting them costs more than it saves).
-constexpr long PARALLEL_MACS = 64l << 10;
-
 // The cores this process may run on (a container or `taskset` may allow fewer than the machine has: a
 // worker spinning on a core it shares with the caller would take the caller's time).
 int usable_cores() {
@@ -47,11 +44,14 @@ class Pool {
     return size_;
   }
   void run(int parts, const std::function<void(int)>& job) {
-    std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
-    if (parts <= 1 || !lock.owns_lock()) { // one part, or another thread has the workers: run here, in order
+    if (!run_together(parts, job)) // one part, or another thread has the workers: run here, in order
       for (int i = 0; i < parts; ++i) job(i);
-      return;
-    }
+  }
+  // job(0..parts-1) at once on the workers and this thread; false (nothing run) for one part, or while another
+  // thread has the workers.
+  bool run_together(int parts, const std::function<void(int)>& job) {
+    std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
+    if (parts <= 1 || !lock.owns_lock()) return false;
     job_ = &job;
     parts_ = parts;
     pending_.store(size_ - 1);
@@ -59,9 +59,8 @@ class Pool {
     generation_.notify_all();
     job(0);
     while (pending_.load(std::memory_order_acquire) > 0) spin_pause();
+    return true;
   }
-
- private:
   static void spin_pause() {
 #if defined(__x86_64__)
     __builtin_ia32_pause();
@@ -69,6 +68,8 @@ class Pool {
     asm volatile("yield");
 #endif
   }
+
+ private:
   void loop(int index) {
     // Start from generation 0, not from a fresh load: a job posted before this thread first ran must still
     // be seen (loading here could miss it and leave run() waiting forever).
@@ -110,12 +111,24 @@ void pool_run(int parts, const std::function<void(int)>& job) {
   pool().run(std::min(parts, pool().size()), job);
 }
 
-void parallel_for(int n, long work, const std::function<void(int, int)>& body) {
-  const int parts = work > PARALLEL_MACS ? std::min(pool_size(), n) : 1;
-  const int step = (n + parts - 1) / std::max(parts, 1);
-  pool_run(parts, [&](int t) {
-    if (t * step < n) body(t * step, std::min(n, (t + 1) * step));
-  });
+void Barrier::wait() {
+  if (parts_ <= 1) return;
+  const int round = round_.load(std::memory_order_acquire);
+  if (arrived_.fetch_add(1, std::memory_order_acq_rel) == parts_ - 1) {
+    arrived_.store(0, std::memory_order_relaxed); // before the release below: no part can arrive at the next one
+    round_.fetch_add(1, std::memory_order_release);
+    return;
+  }
+  while (round_.load(std::memory_order_acquire) == round) Pool::spin_pause();
+}
+
+void pool_together(int parts, const std::function<void(int, int, Barrier&)>& job) {
+  parts = std::max(1, std::min(parts, pool_size()));
+  Barrier barrier(parts);
+  if (!pool().run_together(parts, [&](int part) { job(part, parts, barrier); })) {
+    Barrier alone(1);
+    job(0, 1, alone);
+  }
 }
 
 } // namespace edge
