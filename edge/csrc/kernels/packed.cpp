@@ -84,8 +84,8 @@ void quantize_x(const float* x, int K, int gs, QuantX& out, int m0, int m1, int 
       if (j % per_group == 0) out.xsum[static_cast<size_t>(m) * G + j / per_group] = 0.f;
       const float* xb = x + static_cast<size_t>(m) * K + j * 32;
 #if EDGE_AVX512
-      // the same arithmetic as below, 16 at a time (cvtps rounds to nearest even, as nearbyint does): the rows
-      // of a verify pass are quantized on the calling thread while the workers wait
+      // the same arithmetic as below, 16 at a time (cvtps rounds to nearest even, as nearbyint does): scalar,
+      // quantizing a verify pass's rows cost a visible share of the pass
       const __m512 a = _mm512_loadu_ps(xb), b = _mm512_loadu_ps(xb + 16);
       const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
       const float d = amax / 32767.f, inv = d > 0.f ? 1.f / d : 0.f;
