@@ -339,7 +339,7 @@ void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int o
   // (enough for runs of them to balance: the last chunk holds only the context past a multiple of 128), and
   // each part keeps 4 rows or more (one position's 3 rows split in two took longer than on one core).
   constexpr int ROW_BLOCK = 64;
-  const int group = H / KVH, rows = M * group, cores = pool_size();
+  const int group = H / KVH, rows = M * group;
   const size_t grouped = static_cast<size_t>(KVH) * rows * hd;
   float *qg = scratch(QG, grouped), *ag = scratch(AG, grouped);
   std::vector<int> lens(rows);
@@ -349,13 +349,13 @@ void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int o
   float* tops = scratch(TOPS, static_cast<size_t>(KVH) * most_chunks * block_rows);
   float* sums = scratch(SUMS, static_cast<size_t>(KVH) * most_chunks * block_rows);
   QuantX &qd = thread_quantx(0), &qa = thread_quantx(1), &qf = thread_quantx(2); // inputs of width D, H hd, F
-  quantx_prepare(qd, xn, M, D, 32); // room for the smallest group size
-  quantx_prepare(qa, att, M, H * hd, 32);
-  quantx_prepare(qf, g, M, F, 32);
+  quantx_prepare(qd, xn, M, D);
+  quantx_prepare(qa, att, M, H * hd);
+  quantx_prepare(qf, g, M, F);
   const int head_units = hd / unit_columns(), all_heads = H + 2 * KVH; // q's heads, then k's, then v's
   const int fgs = p.q[6].gs, fgroups = F / fgs, fg_units = fgs / unit_columns(); // the down product's groups
 
-  pool_together(cores, [&](int part, int parts, Barrier& barrier) {
+  pool_together(pool_size(), [&](int part, int parts, Barrier& barrier) {
     int r0, r1; // this part's positions (rows of h)
     share(M, part, parts, r0, r1);
     const size_t a = static_cast<size_t>(r0) * D, b = static_cast<size_t>(r1) * D;
@@ -399,7 +399,7 @@ void layer(const Ptrs& p, const LayerShape& L, int M, int D, int capacity, int o
 
     for (int b0 = 0; b0 < rows; b0 += ROW_BLOCK) {
       const int nb = std::min(ROW_BLOCK, rows - b0), last = lens[b0 + nb - 1], chunks = (last + CHUNK - 1) / CHUNK;
-      const int splits = std::max(1, std::min(nb / 4, (4 * cores + KVH * chunks - 1) / (KVH * chunks)));
+      const int splits = std::max(1, std::min(nb / 4, (4 * parts + KVH * chunks - 1) / (KVH * chunks)));
       const size_t per_chunk = static_cast<size_t>(nb) * hd; // one chunk's shares of one KV head's rows
       const int items = KVH * chunks * splits;
       int i0, i1; // a run of items, about as many positions to attend over in each part's

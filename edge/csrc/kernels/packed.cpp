@@ -67,11 +67,11 @@ struct QuantX {
   std::vector<float> xsum; // M x G: group sums of the quantized values (see below)
 };
 
-void quantx_prepare(QuantX& out, const float*, int M, int K, int gs) {
+void quantx_prepare(QuantX& out, const float*, int M, int K) {
   const size_t at_least = static_cast<size_t>(M) * K; // grown only: a layer's products of different K share it
   if (out.q.size() < at_least) out.q.resize(at_least);
   if (out.scale.size() < at_least / 32) out.scale.resize(at_least / 32);
-  if (out.xsum.size() < at_least / gs) out.xsum.resize(at_least / gs);
+  if (out.xsum.size() < at_least / 32) out.xsum.resize(at_least / 32); // for any group size (32 at least)
 }
 
 // Quantize x per block of 32. The group sums of x are replaced by those of its quantized values: the result
@@ -411,9 +411,9 @@ struct QuantX {
   std::vector<float> xsum; // M x G: group sums of x
 };
 
-void quantx_prepare(QuantX& out, const float* x, int M, int K, int gs) {
+void quantx_prepare(QuantX& out, const float* x, int M, int K) {
   out.x = x;
-  if (out.xsum.size() < static_cast<size_t>(M) * K / gs) out.xsum.resize(static_cast<size_t>(M) * K / gs);
+  if (out.xsum.size() < static_cast<size_t>(M) * K / 32) out.xsum.resize(static_cast<size_t>(M) * K / 32);
 }
 
 void quantize_x(const float* x, int K, int gs, QuantX& out, int m0, int m1, int g0, int g1) {
@@ -511,7 +511,7 @@ QuantX& thread_quantx(int slot) {
 
 void packed_gemm(const float* x, int M, const PackedWeight& w, float* y) {
   QuantX& qx = thread_quantx(); // the workers must see the caller's
-  quantx_prepare(qx, x, M, w.K, w.gs);
+  quantx_prepare(qx, x, M, w.K);
   quantize_x(x, w.K, w.gs, qx, 0, M, 0, w.K / w.gs);
   // each core a contiguous range of the units
   const long units = units_of(w);

@@ -41,9 +41,9 @@ struct QuantX;
 //   the calling thread's, one per slot (each reused from call to call);
 constexpr int QUANTX_SLOTS = 3;
 QuantX& thread_quantx(int slot = 0);
-//   room for M x K (grown only, so one QuantX serves a layer's products of every K), and x itself where kept,
-//   before the parts write into it;
-void quantx_prepare(QuantX& qx, const float* x, int M, int K, int gs);
+//   room for M x K at any group size (grown only, so one QuantX serves a layer's products of every K), and x
+//   itself where kept, before the parts write into it;
+void quantx_prepare(QuantX& qx, const float* x, int M, int K);
 //   rows m0..m1-1 and groups g0..g1-1 (of gs along K) of x (M x K): each part its own rows or groups;
 void quantize_x(const float* x, int K, int gs, QuantX& qx, int m0, int m1, int g0, int g1);
 //   once all of x is quantized, units lo..hi-1 of the products' units (their output columns, unit_columns()
