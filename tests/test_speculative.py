@@ -327,9 +327,9 @@ def test_prompt_lookup_matches_and_tiers():
     single = [1, 2, 3, 7, 8, 3]
     assert look.propose(single, 2)[0] == [7, 8] and look.tier(single) == 1  # a single-token match
     assert look.propose([9, 2, 3, 7, 2, 3], 2)[0] == [7, 2] and look.tier([9, 2, 3, 7, 2, 3]) == 2  # two tokens
-    assert look.propose([1, 2, 3], 4)[0] == [] and look.tier([1, 2, 3]) == 0
+    assert look.propose([1, 2, 3], 4)[0] == [] and look.tier([1, 2, 3]) == 0 and look.idle([1, 2, 3])
     ambiguous = [3, 7, 1, 3, 8, 2, 3]  # 3 was followed by 7, then by 8: the latest is proposed, in tier 0
-    assert look.propose(ambiguous, 2)[0] == [8, 2] and look.tier(ambiguous) == 0
+    assert look.propose(ambiguous, 2)[0] == [8, 2] and look.tier(ambiguous) == 0 and not look.idle(ambiguous)
     assert look.tier(ambiguous + [8]) == 2  # 3 8 has one continuation
     assert look.tier([3, 7, 1, 3, 7, 2, 3]) == 1  # followed by 7 twice: not ambiguous
     assert look.propose([5, 6, 5, 6, 5], 8)[0] == [6, 5]  # the most recent occurrence, cut at the end
@@ -386,6 +386,46 @@ def test_a_plain_burst_stopped_early_wastes_nothing(target, pipelined, monkeypat
     for t in token_stream(target.module, got[-1:], cache, sampler, [], 12 - len(got), prompt + got):
         got.append(t)
     assert tuple(got) == full
+
+
+def test_tokens_with_nothing_to_draft_are_plain_steps_with_no_step_chosen(target, monkeypatch):
+    """Where prompt lookup has no match, the loop decodes plainly until it has one: the controller is not
+    asked for a draft length (that cost ~1.5% of open chat's decoding) and the output stays plain greedy's."""
+    from edge.generate import token_stream
+    from edge.sampling import make_sampler
+
+    prompt = target.encode("Once upon a time")  # no token repeats: nothing to look up at first
+    plain = list(token_stream(target.module, prompt, target.make_cache(), make_sampler(Sampling()), [], 40))
+    look, stats = PromptLookup(), DraftStats("lookup")
+    controller = DraftLength(k_start=4, t_plain=1.0, t_sync=1.0)  # no warmup: drafting is judged at once
+    monkeypatch.setattr(target.module, "_edge_step_costs", None, raising=False)  # these costs are not to be kept
+    tokens_seen, asked = [], []
+    choose = controller.choose
+
+    def spy(limit, tier=0):
+        asked.append(look.idle(tokens_seen[-1]))
+        return choose(limit, tier)
+
+    controller.choose = spy
+    real_tier = look.tier
+    look.tier = lambda tokens: tokens_seen.append(tokens) or real_tier(tokens)
+    out = list(
+        speculative_token_stream(
+            target.module,
+            prompt,
+            target.make_cache(),
+            Sampling(max_tokens=40),
+            [],
+            40,
+            prompt,
+            look,
+            stats,
+            controller,
+        )
+    )
+    assert out == plain
+    assert asked and not any(asked)  # asked only where lookup had a proposal, and it had some
+    assert stats.plain_steps >= 1 and stats.verify_steps >= 1  # tokens with nothing to look up, then drafts
 
 
 # ---- auto: prompt lookup, then a second drafter while it pays ----
@@ -447,6 +487,13 @@ def test_auto_probes_a_second_drafter_that_does_not_pay_ever_less_often():
     for i in range(1000):
         auto.propose([1, 2, 3, i], 4, None)
     assert second.calls == 5  # after 32, 96, 224, 480 and 992 skipped proposals
+
+
+def test_auto_is_idle_only_without_a_second_drafter():
+    from edge.speculative.auto import AutoDrafter
+
+    assert AutoDrafter().idle([1, 2, 3]) and not AutoDrafter().idle([1, 2, 1])
+    assert not AutoDrafter(second=PromptLookup()).idle([1, 2, 3])  # the second drafter is asked instead
 
 
 def test_auto_spec_errors():

@@ -49,6 +49,10 @@ class AutoDrafter:
     def tier(self, tokens: list[int]) -> int:
         return self.lookup.tier(tokens)
 
+    def idle(self, tokens: list[int]) -> bool:
+        """Nothing to propose: lookup has no match and there is no second drafter to ask instead."""
+        return self.second is None and self.lookup.idle(tokens)
+
     def prepare(self, tokens: list[int]) -> None:
         self._pending = None  # the last request's drafts are not this one's to account
         if self.second is not None:

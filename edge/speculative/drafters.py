@@ -113,6 +113,10 @@ class PromptLookup:
         n, _, ambiguous = self._match(tokens)
         return 0 if ambiguous else 1 + sum(n >= t for t in self.tiers)
 
+    def idle(self, tokens: list[int]) -> bool:
+        """Nothing to propose: no n-gram suffix of `tokens` occurred before."""
+        return self._match(tokens)[0] == 0
+
     def prepare(self, tokens: list[int]) -> None:
         pass
 
