@@ -85,7 +85,7 @@ def speculative_token_stream(
         while produced < max_tokens:
             if idle is not None and controller.t_plain is not None and idle(tokens):
                 # nothing to draft: plain tokens until there is, with no step chosen or recorded (that cost
-                # ~55 us a token, 1.5% of open chat's decoding, where most tokens have no lookup match)
+                # ~55 us a token: 1.5% of an open chat reply where 57% of the tokens had no lookup match)
                 stop = lambda seen=tokens: not idle(seen)  # noqa: E731
                 for token in _plain_burst(
                     module, tokens, cache, sampler, processors, max_tokens - produced, stop, controller, stats
