@@ -153,6 +153,7 @@ def stream_events(
             drafter,
             stats.draft,
             draft_length,
+            eos,
         )
     else:
         ids_stream = token_stream(

@@ -428,6 +428,47 @@ def test_tokens_with_nothing_to_draft_are_plain_steps_with_no_step_chosen(target
     assert stats.plain_steps >= 1 and stats.verify_steps >= 1  # tokens with nothing to look up, then drafts
 
 
+class ScriptDrafter(FixedDrafter):
+    """Drafts the given continuation of `prompt` (right as far as it goes)."""
+
+    def __init__(self, prompt, continuation):
+        self.prompt, self.continuation = prompt, continuation
+
+    def propose(self, tokens, k, distribution):
+        return self.continuation[len(tokens) - len(self.prompt) :][:k], None
+
+
+def test_drafts_past_an_end_of_turn_id_are_not_verified(target):
+    """The reply ends at an accepted end-of-turn id: drafts after it would be verified for nothing."""
+    from itertools import islice
+
+    from edge.generate import token_stream
+    from edge.sampling import make_sampler
+
+    prompt = target.encode("Once upon a time")
+    plain = list(token_stream(target.module, prompt, target.make_cache(), make_sampler(Sampling()), [], 12))
+    end = plain.index(plain[3])  # the first occurrence of the id taken as end of turn: drafts stop there
+    for eos, drafted in (set(), 8), ({plain[end]}, end + 1):
+        stats = DraftStats("script")
+        steps = speculative_token_stream(
+            target.module,
+            prompt,
+            target.make_cache(),
+            Sampling(),
+            [],
+            12,
+            prompt,
+            ScriptDrafter(prompt, plain),
+            stats,
+            DraftLength(k_start=8, adaptive=False),
+            eos,
+        )
+        out = list(islice(steps, drafted + 1))  # the first step: its accepted drafts and the target's next id
+        assert out == plain[: drafted + 1] and (stats.drafted, stats.accepted, stats.verify_steps) == (drafted,) * 2 + (
+            1,
+        )
+
+
 # ---- auto: prompt lookup, then a second drafter while it pays ----
 
 

@@ -9,7 +9,7 @@ history on its next proposal.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import mlx.core as mx
 import numpy as np
@@ -63,8 +63,10 @@ def speculative_token_stream(
     drafter: Drafter,
     stats: DraftStats,
     controller: DraftLength | None = None,
+    eos: Collection[int] = (),
 ) -> Iterator[int]:
-    """Yield up to `max_tokens` ids; `prompt` is the part of `history` not yet in `cache`."""
+    """Yield up to `max_tokens` ids; `prompt` is the part of `history` not yet in `cache`. Drafts after an `eos`
+    id are not verified: the reply ends there if it is accepted."""
     from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
     if not can_trim_prompt_cache(cache):
@@ -107,6 +109,9 @@ def speculative_token_stream(
             start = time.perf_counter()
             drafts, q = drafter.propose(tokens, k, distribution) if k > 0 else ([], None)
             drafts = drafts[:k]
+            ends = next((i for i, t in enumerate(drafts) if t in eos), None)
+            if ends is not None:  # a copied passage that ran into the end of a turn: nothing after it is used
+                drafts = drafts[: ends + 1]
             mid = time.perf_counter()
             logits = _process(module(mx.array(tokens[-1:] + drafts)[None], cache=cache)[0], processors, tokens, drafts)
             if distribution is None:
