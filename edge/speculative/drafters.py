@@ -5,7 +5,7 @@ there, outside the per-step timing), `propose(tokens, k)` returns up to k draft 
 draft distribution each was drawn from (None means deterministic: q is one-hot), and `sync(tokens)` tells
 it the history the target settled on, so a drafter with a KV cache can roll back to the common prefix.
 A drafter may also grade its next proposal, `tier(tokens)` (0 the least sure): the loop judges each tier's
-drafts apart.
+drafts apart; and say when it has none, `idle(tokens)`: the loop then decodes plainly until it has.
 """
 
 from __future__ import annotations
