@@ -45,6 +45,23 @@ def greedy_ids(model, prompt, draft=None, **kw) -> tuple[tuple[int, ...], Done]:
     return done.token_ids, done
 
 
+def loop_ids(target, prompt, drafter, stats, controller, max_tokens=40, eos=()):
+    """The speculative loop itself on `prompt` (greedy, a fresh cache): its ids as they come."""
+    return speculative_token_stream(
+        target.module,
+        prompt,
+        target.make_cache(),
+        Sampling(max_tokens=max_tokens),
+        [],
+        max_tokens,
+        prompt,
+        drafter,
+        stats,
+        controller,
+        eos,
+    )
+
+
 @pytest.mark.parametrize("draft", ["lookup", "auto", "self:8", "self:4", "same", "other"])
 def test_greedy_output_is_identical_for_every_drafter(target, other_model, draft):
     spec = {"same": target, "other": other_model}.get(draft, draft)
@@ -59,20 +76,7 @@ def test_identical_draft_has_every_draft_accepted(target):
     prompt = target.encode(REPEAT)
     stats = DraftStats("same")
     fixed = DraftLength(k_start=4, adaptive=False)
-    out = list(
-        speculative_token_stream(
-            target.module,
-            prompt,
-            target.make_cache(),
-            Sampling(max_tokens=40),
-            [],
-            40,
-            prompt,
-            ModelDrafter(target.module, "same"),
-            stats,
-            fixed,
-        )
-    )
+    out = list(loop_ids(target, prompt, ModelDrafter(target.module, "same"), stats, fixed))
     plain = list(stream_events(target, prompt, target.make_cache(), Sampling(max_tokens=40), eos=set()))[-1].token_ids
     assert tuple(out) == plain
     assert stats.drafted > 0 and stats.accepted == stats.drafted and stats.acceptance_rate == 1.0
@@ -409,20 +413,7 @@ def test_tokens_with_nothing_to_draft_are_plain_steps_with_no_step_chosen(target
     controller.choose = spy
     real_tier = look.tier
     look.tier = lambda tokens: tokens_seen.append(tokens) or real_tier(tokens)
-    out = list(
-        speculative_token_stream(
-            target.module,
-            prompt,
-            target.make_cache(),
-            Sampling(max_tokens=40),
-            [],
-            40,
-            prompt,
-            look,
-            stats,
-            controller,
-        )
-    )
+    out = list(loop_ids(target, prompt, look, stats, controller))
     assert out == plain
     assert asked and not any(asked)  # asked only where lookup had a proposal, and it had some
     assert stats.plain_steps >= 1 and stats.verify_steps >= 1  # tokens with nothing to look up, then drafts
@@ -450,18 +441,8 @@ def test_drafts_past_an_end_of_turn_id_are_not_verified(target):
     end = plain.index(plain[3])  # the first occurrence of the id taken as end of turn: drafts stop there
     for eos, drafted in (set(), 8), ({plain[end]}, end + 1):
         stats = DraftStats("script")
-        steps = speculative_token_stream(
-            target.module,
-            prompt,
-            target.make_cache(),
-            Sampling(),
-            [],
-            12,
-            prompt,
-            ScriptDrafter(prompt, plain),
-            stats,
-            DraftLength(k_start=8, adaptive=False),
-            eos,
+        steps = loop_ids(
+            target, prompt, ScriptDrafter(prompt, plain), stats, DraftLength(k_start=8, adaptive=False), 12, eos
         )
         out = list(islice(steps, drafted + 1))  # the first step: its accepted drafts and the target's next id
         assert out == plain[: drafted + 1]
