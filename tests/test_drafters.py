@@ -1,0 +1,92 @@
+"""The drafters alone, with no model: prompt lookup's search, index and tiers, and auto's probing of a second
+drafter that does not pay (the loop that runs them is tested in test_speculative.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+import edge
+from edge.speculative import AutoDrafter, DraftLength, PromptLookup, make_drafter
+
+
+def test_prompt_lookup_matches_and_tiers():
+    look = PromptLookup()
+    tokens = [1, 2, 3, 4, 5, 6, 9, 9, 2, 3, 4, 5]
+    assert look.propose(tokens, 3)[0] == [6, 9, 9]  # 4-gram 2 3 4 5 seen before: continue it
+    assert look.tier(tokens) == 3
+    single = [1, 2, 3, 7, 8, 3]
+    assert look.propose(single, 2)[0] == [7, 8] and look.tier(single) == 1  # a single-token match
+    assert look.propose([9, 2, 3, 7, 2, 3], 2)[0] == [7, 2] and look.tier([9, 2, 3, 7, 2, 3]) == 2  # two tokens
+    assert look.propose([1, 2, 3], 4)[0] == [] and look.tier([1, 2, 3]) == 0 and look.idle([1, 2, 3])
+    ambiguous = [3, 7, 1, 3, 8, 2, 3]  # 3 was followed by 7, then by 8: the latest is proposed, in tier 0
+    assert look.propose(ambiguous, 2)[0] == [8, 2] and look.tier(ambiguous) == 0 and not look.idle(ambiguous)
+    assert look.tier(ambiguous + [8]) == 2  # 3 8 has one continuation
+    assert look.tier([3, 7, 1, 3, 7, 2, 3]) == 1  # followed by 7 twice: not ambiguous
+    assert look.propose([5, 6, 5, 6, 5], 8)[0] == [6, 5]  # the most recent occurrence, cut at the end
+
+
+def _latest_longest_match(tokens: list[int], max_ngram: int = 5) -> tuple[int, int, bool]:
+    """Reference for prompt lookup's search, by brute force: the longest suffix n-gram seen before (ending
+    before the last token), at its latest start, and whether its occurrences were followed by different
+    tokens."""
+    for n in range(min(max_ngram, len(tokens) - 1), 0, -1):
+        starts = [s for s in range(len(tokens) - n) if tokens[s : s + n] == tokens[-n:]]
+        if starts:
+            return n, starts[-1], len({tokens[s + n] for s in starts}) > 1
+    return 0, 0, True
+
+
+def test_prompt_lookup_index_agrees_with_a_scan_as_the_history_grows():
+    """The incremental n-gram index gives the brute-force answer at every length of a growing history, for
+    a new history, and for the same list cut back and grown again."""
+    import random
+
+    rng = random.Random(0)
+    look = PromptLookup()
+    ambiguous = 0
+    for _ in range(20):
+        tokens = [rng.randrange(6) for _ in range(rng.randrange(1, 4))]
+        for _ in range(60):
+            assert look._match(tokens) == _latest_longest_match(tokens), tokens
+            ambiguous += look._match(tokens)[0] > 0 and look._match(tokens)[2]
+            tokens += [rng.randrange(6) for _ in range(rng.randrange(1, 4))]
+        del tokens[rng.randrange(1, len(tokens)) :]  # cut back in place (the index must not be trusted)
+        tokens.append(rng.randrange(6))
+        assert look._match(tokens) == _latest_longest_match(tokens)
+    assert 0 < ambiguous < 20 * 60  # both kinds of match were checked
+
+
+def test_auto_probes_a_second_drafter_that_does_not_pay_ever_less_often():
+    """After 32 skipped proposals, then 64, 128, ...: a self-draft's probe costs a catch-up prefill."""
+
+    class Instant:
+        name, calls = "instant", 0
+
+        def prepare(self, tokens):
+            pass
+
+        def sync(self, tokens):
+            pass
+
+        def propose(self, tokens, k, distribution):
+            self.calls += 1
+            return [0] * k, None
+
+    second = Instant()
+    auto = AutoDrafter(second)
+    auto.lookup = PromptLookup(min_ngram=99)  # lookup never proposes
+    auto.attach(DraftLength(t_plain=0.01, t_sync=0.01, t_extra=0.001))
+    auto.t_second = 1.0  # measured at a second a token: never pays
+    for i in range(1000):
+        auto.propose([1, 2, 3, i], 4, None)
+    assert second.calls == 5  # after 32, 96, 224, 480 and 992 skipped proposals
+
+
+def test_auto_is_idle_only_without_a_second_drafter():
+    assert AutoDrafter().idle([1, 2, 3]) and not AutoDrafter().idle([1, 2, 1])
+    assert not AutoDrafter(second=PromptLookup()).idle([1, 2, 3])  # the second drafter is asked instead
+
+
+def test_auto_spec_errors():
+    with pytest.raises(edge.EdgeError, match="after 'auto:'"):
+        make_drafter("auto:lookup", None)
