@@ -179,6 +179,7 @@ def stream_events(
         if hit:
             reason = "stop"
             break
+    ids_stream.close()  # a speculative stream settles its stats and measured costs as it closes
     if reason != "stop":
         detok.finalize()
         piece, hit = stops.feed(detok.last_segment)

@@ -1,10 +1,12 @@
 """The adaptive draft length: acceptance and step costs estimated from measured steps, and the draft length
-they choose (pure unit tests of `edge.speculative.adaptive`, no model)."""
+they choose (pure unit tests of `edge.speculative.adaptive` and of what the decode loop measures for it, no
+model)."""
 
 from __future__ import annotations
 
 import pytest
 
+from edge.events import DraftStats
 from edge.speculative import DraftLength, PromptLookup
 from edge.speculative.adaptive import Acceptance
 
@@ -35,6 +37,17 @@ def test_acceptance_is_estimated_in_two_stages():
     assert c.choose(8) == 8  # worth drafting long, although two proposals in three fail at once
 
 
+def test_the_rate_past_a_first_draft_is_not_guessed_below_the_first_until_measured():
+    """Steps of one draft never measure whether a second would be kept: until one does, the rate past the first
+    is taken as no lower than the first's, so a draft that is always right is tried longer."""
+    a = Acceptance()
+    for _ in range(6):
+        a.record(1, 1)
+    assert a.value > 0.8 and a.continued == pytest.approx(a.value)
+    a.record(3, 1)  # a second draft, rejected: now it is measured
+    assert a.continued == pytest.approx((0.6 * 5 * 0.9) / (5 * 0.9 + 1))
+
+
 def test_a_drafter_starts_from_what_its_last_request_measured():
     """Step costs carry over on the model, a drafter's own cost and acceptance on the drafter (a Chat reuses
     it across turns), as copies: the next request's steps do not rewrite the last one's record."""
@@ -63,12 +76,12 @@ def test_each_tier_of_proposal_is_judged_apart():
     """Rejected ambiguous lookups switch tier 0 off; longer matches (92-95% first-token acceptance on
     SmolLM2's prompts) keep drafting, each tier with its own estimate."""
     c = DraftLength(t_plain=0.010, t_sync=0.0105)
-    for _ in range(6):
-        c.record(4, 0, t_draft=0.0, t_verify=0.02)  # weak proposals, all rejected
+    for k in (4, 8, 4, 8, 4, 8):
+        c.record(k, 0, t_draft=0.0, t_verify=0.0105 + k * 0.0024)  # weak proposals, all rejected
     assert c.choose(64) == 0 and c.choose(64, tier=1) >= 1 and c.choose(64, tier=2) >= 2
     assert c.choose(64, tier=3) >= 4
-    for _ in range(10):
-        c.record(4, 0, t_draft=0.0, t_verify=0.02, tier=3)  # and when the surest ones fail too
+    for k in (4, 8) * 5:
+        c.record(k, 0, t_draft=0.0, t_verify=0.0105 + k * 0.0024, tier=3)  # and when the surest ones fail too
     assert c.choose(64, tier=3) == 0 and c.choose(64, tier=2) >= 2
     assert c.choose(64, tier=5) == 0  # a drafter's tiers past the priors' share the last one's estimate
 
@@ -112,3 +125,94 @@ def test_each_draft_length_keeps_its_own_measured_cost():
             c.record(k, k, t_draft=0.0, t_verify=cost(k))
     assert c.choose(64) == 11
     assert c.step_cost(12) == pytest.approx(cost(12), rel=0.1)
+
+
+def _simulate(cost, t_draft: float, accepted, steps: int = 40) -> tuple[float, list[int]]:
+    """The decode loop's calls on a controller (decode.py) against made-up step costs: the speed against plain
+    decoding at cost(0) a token, and each step's draft length (0 for a plain burst or step)."""
+    c = DraftLength(k_start=1)
+    c.record_plain(4, 4 * cost(0))
+    seconds, tokens, lengths = 4 * cost(0), 4, []
+    for _ in range(steps):
+        k = c.choose(64)
+        burst = c.plain_burst(64) if k == 0 else 0
+        if burst:
+            c.record_plain(burst, burst * cost(0))
+            seconds, tokens = seconds + burst * cost(0), tokens + burst
+        else:
+            n = accepted(k)
+            c.record(k, n, t_draft=k * t_draft, t_verify=cost(k))
+            seconds, tokens = seconds + k * t_draft + cost(k), tokens + n + 1
+        lengths.append(k)
+    return tokens / seconds * cost(0), lengths
+
+
+def test_a_pass_dearer_from_two_positions_on_is_explored_not_priced_out():
+    """With a BLAS under MLX (an fp32 target), one position is a matrix-vector product and two a matrix product:
+    measured on SmolLM2, 47 ms, 82 ms, then ~3 ms a position. The line through the first two steps priced every
+    longer draft out; measured as flat past the longest length tried, a longer one is tried and pays."""
+
+    def blas(k):
+        return 0.047 if k == 0 else 0.082 + 0.003 * (k - 1)
+
+    speed, lengths = _simulate(blas, t_draft=0.004, accepted=lambda k: k)
+    assert min(lengths[-10:]) >= 6 and speed > 2.0
+    speed, lengths = _simulate(blas, t_draft=0.004, accepted=lambda k: 0)  # a draft that is always wrong
+    assert max(lengths[-30:]) == 1 and speed > 0.95  # found out at once: plain bursts and single-draft probes
+
+    def kernels(k):  # edge's CPU kernels: close to a line
+        return 0.0034 + 0.00045 * k
+
+    speed, lengths = _simulate(kernels, t_draft=0.0, accepted=lambda k: k)
+    assert min(lengths[-10:]) == 12 and speed > 4.0
+
+
+def test_a_probe_drafts_the_most_promising_length_not_one():
+    """While speculation is off, a probe re-measures the length with the best expected rate: on a BLAS target
+    a single draft is the dearest per token (a pass over two positions costs 1.7x one), so probing with it
+    would keep a drafter off that longer drafts would show to pay."""
+
+    def blas(k):
+        return 0.047 if k == 0 else 0.082 + 0.003 * (k - 1)
+
+    c = DraftLength(t_plain=0.047, t_sync=0.047)
+    for k in (1, 4, 8) * 3:
+        c.record(k, 1 if k == 8 else 0, t_draft=k * 0.004, t_verify=blas(k))
+    choices = [c.choose(64) for _ in range(c.probe_every)]
+    assert choices[:-1] == [0] * (c.probe_every - 1) and choices[-1] > 1
+
+
+def test_whether_drafting_could_pay_is_judged_at_every_length():
+    """Speculation stops probing only if even drafts that are always kept could not pay at any length. Judged
+    by the slope from one and two positions, a BLAS target's longer drafts were ruled out with the rest."""
+    for t_draft, pays in ((0.013, True), (0.05, False)):
+        c = DraftLength(t_plain=0.047)
+        c.record(0, 0, t_draft=0.0, t_verify=0.047)
+        c.record(1, 1, t_draft=t_draft, t_verify=0.082)
+        assert c.t_draft + c.t_extra >= c.t_plain  # the old test said no for both
+        assert c.can_pay() is pays
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_plain_decoding_is_timed_by_the_spacing_of_its_tokens(monkeypatch, pipelined):
+    """Where `generate` pipelines, a burst's last token comes right after the one before it (measured on an
+    fp32 SmolLM2: ~5 ms against ~50 ms a token): that spacing is not plain decoding's cost and is left out."""
+    from types import SimpleNamespace
+
+    from edge.speculative import decode
+
+    clock = [0.0]
+    spacing = [0.05, 0.05, 0.05, 0.005] if pipelined else [0.05] * 4
+
+    def stream(module, prompt, cache, sampler, processors, n, history, stop):
+        for i, seconds in enumerate(spacing[:n]):
+            clock[0] += seconds
+            yield 10 + i
+
+    monkeypatch.setattr(decode, "token_stream", stream)
+    monkeypatch.setattr(decode, "pipelines", lambda module: pipelined)
+    monkeypatch.setattr(decode, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    controller, stats, tokens = DraftLength(), DraftStats("x"), [1]
+    burst = decode._plain_burst(None, tokens, None, None, [], 4, None, controller, stats)
+    assert list(burst) == [10, 11, 12, 13] and tokens == [1, 10, 11, 12, 13]
+    assert controller.t_plain == pytest.approx(0.05) and stats.plain_steps == 4

@@ -372,6 +372,39 @@ def test_tokens_with_nothing_to_draft_are_plain_steps_with_no_step_chosen(target
     assert stats.plain_steps >= 1 and stats.verify_steps >= 1  # tokens with nothing to look up, then drafts
 
 
+class IdleDrafter(FixedDrafter):
+    """Never has anything to propose: every token is plain decoding's."""
+
+    def idle(self, tokens):
+        return True
+
+
+def test_a_reply_that_ends_inside_a_plain_burst_counts_its_tokens(target):
+    """An end-of-turn id in the middle of a burst of plain tokens ends the reply there: `Done` still counts
+    those tokens as plain steps (they were lost with the unfinished burst)."""
+    prompt = target.encode("Once upon a time")
+    plain = greedy_ids(target, prompt, max_tokens=12)[0]
+    end = plain.index(plain[5])
+    cache = target.make_cache()
+    done = done_of(
+        stream_events(target, prompt, cache, Sampling(max_tokens=12), eos={plain[end]}, drafter=IdleDrafter())
+    )
+    assert done.reason == "eos" and done.token_ids == plain[: end + 1]
+    assert done.stats.draft.plain_steps == end + 1 and done.stats.draft.verify_steps == 0
+
+
+def test_a_draft_model_catches_up_on_plain_tokens_apart_from_drafting(target):
+    """Tokens decoded plainly since a draft model's last proposal are fed to its cache first and timed apart
+    (`catch_up_s`, left out of its cost per drafted token); its drafts are the same as a draft kept up to date."""
+    ids = target.encode(REPEAT)
+    behind, current = ModelDrafter(target.module, "behind"), ModelDrafter(target.module, "current")
+    behind.prepare(ids[:5])
+    current.prepare(ids)
+    drafts = behind.propose(ids, 4, None)[0]
+    assert behind.catch_up_s > 0 and drafts == current.propose(ids, 4, None)[0]
+    assert current.catch_up_s == 0.0 and behind.cached == current.cached == ids + drafts[:-1]
+
+
 class ScriptDrafter(FixedDrafter):
     """Drafts the given continuation of `prompt` (right as far as it goes)."""
 

@@ -97,7 +97,7 @@ class AutoDrafter:
         start = time.perf_counter()
         drafts, q = self.second.propose(tokens, k, distribution)
         self.self_accounted_s = time.perf_counter() - start
-        per_token = self.self_accounted_s / max(len(drafts), 1)
+        per_token = (self.self_accounted_s - getattr(self.second, "catch_up_s", 0.0)) / max(len(drafts), 1)
         self.t_second = per_token if self.t_second is None else 0.8 * self.t_second + 0.2 * per_token
         self._pending = (len(tokens), drafts)
         self.second_steps += 1
