@@ -395,14 +395,14 @@ def test_a_reply_that_ends_inside_a_plain_burst_counts_its_tokens(target):
 
 def test_a_draft_model_catches_up_on_plain_tokens_apart_from_drafting(target):
     """Tokens decoded plainly since a draft model's last proposal are fed to its cache first and timed apart
-    (`catch_up_s`, left out of its cost per drafted token); its drafts are the same as a draft kept up to date."""
+    (`uncounted_s`, left out of its cost per drafted token); its drafts are the same as a draft kept up to date."""
     ids = target.encode(REPEAT)
     behind, current = ModelDrafter(target.module, "behind"), ModelDrafter(target.module, "current")
     behind.prepare(ids[:5])
     current.prepare(ids)
     drafts = behind.propose(ids, 4, None)[0]
-    assert behind.catch_up_s > 0 and drafts == current.propose(ids, 4, None)[0]
-    assert current.catch_up_s == 0.0 and behind.cached == current.cached == ids + drafts[:-1]
+    assert behind.uncounted_s > 0 and drafts == current.propose(ids, 4, None)[0]
+    assert current.uncounted_s == 0.0 and behind.cached == current.cached == ids + drafts[:-1]
 
 
 class ScriptDrafter(FixedDrafter):

@@ -126,8 +126,6 @@ class VerifyCost:
     """Decayed sums of w, w k, w k^2, w t, w k t."""
     lengths: dict[int, list[float]] = field(default_factory=dict)
     """k -> decayed [sum of seconds, weight] of the steps that drafted k."""
-    spans: set[int] = field(default_factory=set)
-    """The draft lengths (k >= 1) ever measured: until two differ, the line's slope is a guess (`guessing`)."""
     own_weight: float = 2.0
     """Steps of a k after which its own mean counts as much as the line."""
     fade: float = 0.97
@@ -148,7 +146,7 @@ class VerifyCost:
         (with a BLAS under MLX, one position is a matrix-vector product and two a matrix product, 1.7x slower
         on an fp32 SmolLM2, and from there each further position costs ~3%). Estimates set by hand, with no
         step measured yet, are taken as they are."""
-        return self.sums[0] > 0 and len(self.spans) < 2
+        return bool(self.lengths) and sum(k > 0 for k in self.lengths) < 2  # `lengths` keeps every k measured
 
     def optimistic(self, k: int, t_sync: float) -> float:
         """A low estimate of a step drafting k, from the lengths measured so far: straight lines between them
@@ -178,8 +176,6 @@ class VerifyCost:
         elif k == 0 and (t_sync or t_plain):
             seconds = min(seconds, (1 + self.band) * (t_sync or t_plain))
         self._add(k, seconds)
-        if k > 0:
-            self.spans.add(k)
         for record in self.lengths.values():
             record[0], record[1] = self.fade * record[0], self.fade * record[1]
         total, weight = self.lengths.get(k, (0.0, 0.0))

@@ -33,9 +33,9 @@ class AutoDrafter:
         self.next_probe = self.probe_every
         self._pending: tuple[int, list[int]] | None = None
         self.second_steps = 0
-        self.self_accounted_s = 0.0
-        """Seconds of the last proposal spent in the second drafter: auto judges that cost itself, so the
-        loop's controller (which would switch lookup off too) does not count it."""
+        self.uncounted_s = 0.0
+        """Seconds of the last proposal the loop's controller does not count as drafting: those spent in the
+        second drafter, whose cost auto judges itself (the controller would switch lookup off too)."""
 
     @property
     def deterministic(self) -> bool:
@@ -83,7 +83,7 @@ class AutoDrafter:
 
     def propose(self, tokens: list[int], k: int, distribution) -> tuple[list[int], list[Candidates] | None]:
         self._account(tokens)
-        self.self_accounted_s = 0.0
+        self.uncounted_s = 0.0
         drafts, _ = self.lookup.propose(tokens, k)
         if drafts or self.second is None or k <= 0:
             return drafts, None
@@ -96,8 +96,8 @@ class AutoDrafter:
             self.next_probe = self.probe_every
         start = time.perf_counter()
         drafts, q = self.second.propose(tokens, k, distribution)
-        self.self_accounted_s = time.perf_counter() - start
-        per_token = (self.self_accounted_s - getattr(self.second, "catch_up_s", 0.0)) / max(len(drafts), 1)
+        self.uncounted_s = time.perf_counter() - start
+        per_token = (self.uncounted_s - getattr(self.second, "uncounted_s", 0.0)) / max(len(drafts), 1)
         self.t_second = per_token if self.t_second is None else 0.8 * self.t_second + 0.2 * per_token
         self._pending = (len(tokens), drafts)
         self.second_steps += 1

@@ -127,7 +127,7 @@ def speculative_token_stream(
             if len(drafts) > n:
                 trim_prompt_cache(cache, len(drafts) - n)  # roll back the rejected positions
             end = time.perf_counter()
-            uncounted = getattr(drafter, "self_accounted_s", 0.0) + getattr(drafter, "catch_up_s", 0.0)
+            uncounted = getattr(drafter, "uncounted_s", 0.0)  # a draft model's catch-up, auto's second drafter
             controller.record(len(drafts), n, mid - start - uncounted, end - mid, tier)
             stats.record(len(drafts), n, mid - start, end - mid)
             new = drafts[:n] + [nxt]

@@ -137,17 +137,25 @@ class ModelDrafter:
         if not can_trim_prompt_cache(self.cache):
             raise EdgeError(f"draft model '{name}' has a cache that cannot roll back; it cannot draft.")
         self.cached: list[int] = []
-        self.catch_up_s = 0.0
-        """Seconds of the last proposal spent catching the cache up (see `propose`)."""
+        self.uncounted_s = 0.0
+        """Seconds of the last proposal spent catching the cache up (see `propose`): not a cost per draft."""
 
     def prepare(self, tokens: list[int]) -> None:
         """Prefill the draft cache with all but the last settled token."""
+        self.sync(tokens)
+        self._fill(tokens, len(tokens) - 1)
+
+    def _fill(self, tokens: list[int], end: int) -> float:
+        """Feed the cache `tokens[:end]` (it holds a prefix of them), as a prompt is prefilled; the seconds
+        that took (0 when it already held them)."""
         from ..generate import prefill
 
-        self.sync(tokens)
-        if len(tokens) - 1 > len(self.cached):
-            prefill(self.module, mx.array(tokens[len(self.cached) :]), self.cache)
-            self.cached = list(tokens[:-1])
+        if end <= len(self.cached):
+            return 0.0
+        start = time.perf_counter()
+        prefill(self.module, mx.array(tokens[len(self.cached) : end + 1]), self.cache)
+        self.cached = list(tokens[:end])
+        return time.perf_counter() - start
 
     def sync(self, tokens: list[int]) -> None:
         keep = common_prefix(self.cached, tokens)
@@ -158,20 +166,14 @@ class ModelDrafter:
         """Draft k tokens; the cache ends holding tokens + all drafts but the last (not yet fed).
 
         Settled tokens the cache lacks beyond the usual two (the last kept draft and the target's own token),
-        such as a burst of plain decoding, are fed first and timed apart (`catch_up_s`): a one-off cost of
+        such as a burst of plain decoding, are fed first and timed apart (`uncounted_s`): a one-off cost of
         drafting again, not one per drafted token. Counted per token, 4 plain tokens caught up made an 8-bit
         SmolLM2's 4-bit copy cost more than a target step after its first draft, and it was never tried again."""
-        from ..generate import prefill
-
-        self.catch_up_s = 0.0
+        self.uncounted_s = 0.0
         if k <= 0:
             return [], None
         self.sync(tokens)
-        if len(tokens) - len(self.cached) > 2:
-            start = time.perf_counter()
-            prefill(self.module, mx.array(tokens[len(self.cached) : -1]), self.cache)
-            self.cached = list(tokens[:-2])
-            self.catch_up_s = time.perf_counter() - start
+        self.uncounted_s = self._fill(tokens, len(tokens) - 2)
         feed = tokens[len(self.cached) :]
         drafts, qs = [], []
         for _ in range(k):
