@@ -50,7 +50,8 @@ def test_the_rate_past_a_first_draft_is_not_guessed_below_the_first_until_measur
 
 def test_a_drafter_starts_from_what_its_last_request_measured():
     """Step costs carry over on the model, a drafter's own cost and acceptance on the drafter (a Chat reuses
-    it across turns), as copies: the next request's steps do not rewrite the last one's record."""
+    it across turns), as copies: the next request's steps do not rewrite the last one's record. Whether
+    speculation was off too, but each request probes within its first 64 tokens."""
     from types import SimpleNamespace
 
     from edge.speculative.adaptive import controller_for, remember
@@ -61,12 +62,12 @@ def test_a_drafter_starts_from_what_its_last_request_measured():
     first.t_plain, first.t_sync = 0.010, 0.0105
     for _ in range(10):
         first.record(4, 0, t_draft=0.002, t_verify=0.02)
-    first.burst = 64  # speculation was off, the next probe 64 plain tokens away
+    first.burst = 128  # speculation was off, the next probe 128 plain tokens away
     remember(module, drafter, first)
     second = controller_for(module, drafter)
     assert second.accepts[0].value == first.accepts[0].value < 0.2
     assert (second.t_plain, second.t_sync, second.t_draft) == (first.t_plain, first.t_sync, first.t_draft)
-    assert second.burst == 64
+    assert second.burst == 64  # probed within a reply of 128 tokens
     second.record(4, 4, t_draft=0.0, t_verify=0.02)
     assert second.accepts[0].value > first.accepts[0].value  # a copy
     assert controller_for(module, PromptLookup()).accepts[0].value == pytest.approx(0.6)  # another drafter: priors
@@ -191,6 +192,18 @@ def test_whether_drafting_could_pay_is_judged_at_every_length():
         c.record(1, 1, t_draft=t_draft, t_verify=0.082)
         assert c.t_draft + c.t_extra >= c.t_plain  # the old test said no for both
         assert c.can_pay() is pays
+
+
+@pytest.mark.parametrize("extra", [None, 0.001], ids=["first-request", "step-costs-known"])
+def test_a_draft_step_timed_alone_rules_out_a_drafter_that_could_never_pay(extra):
+    """Before any draft is timed, a draft model's step timed when it was built (at half its cost) decides
+    whether drafting could pay at all: one that could not never drafts, and decoding goes plain in bursts."""
+    for alone, drafts in ((1.0, False), (0.015, True)):  # 100x a plain token; 1.5x, which may still pay
+        c = DraftLength(t_plain=0.01, t_sync=0.01, t_extra=extra, t_draft_alone=alone)
+        chosen = [c.choose(64) for _ in range(40)]
+        assert any(chosen) is drafts
+        assert (c.plain_burst(64) > 0) is (not drafts or extra is not None)
+        assert c.t_draft is None  # the step timed alone is not an estimate of drafting in the loop
 
 
 @pytest.mark.parametrize("pipelined", [True, False])

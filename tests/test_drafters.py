@@ -1,12 +1,15 @@
 """The drafters alone, with no model: prompt lookup's search, index and tiers, and auto's probing of a second
-drafter that does not pay (the loop that runs them is tested in test_speculative.py)."""
+drafter that does not pay; and greedy verification's reading of logits (the loop that runs them is tested in
+test_speculative.py)."""
 
 from __future__ import annotations
 
+import mlx.core as mx
 import pytest
 
 import edge
 from edge.speculative import AutoDrafter, DraftLength, PromptLookup, make_drafter
+from edge.speculative.verify import accept_greedy
 
 
 def test_prompt_lookup_matches_and_tiers():
@@ -56,8 +59,10 @@ def test_prompt_lookup_index_agrees_with_a_scan_as_the_history_grows():
     assert 0 < ambiguous < 20 * 60  # both kinds of match were checked
 
 
-def test_auto_probes_a_second_drafter_that_does_not_pay_ever_less_often():
-    """After 32 skipped proposals, then 64, 128, ...: a self-draft's probe costs a catch-up prefill."""
+@pytest.mark.parametrize("cheap", [True, False])
+def test_auto_probes_a_second_drafter_that_does_not_pay_ever_less_often(cheap):
+    """Drafts that are rejected: probed after 32 skipped proposals, then 64, 128, ... (a self-draft's probe costs
+    a catch-up prefill). Drafts that could not pay even if all were kept: never probed again."""
 
     class Instant:
         name, calls = "instant", 0
@@ -76,10 +81,12 @@ def test_auto_probes_a_second_drafter_that_does_not_pay_ever_less_often():
     auto = AutoDrafter(second)
     auto.lookup = PromptLookup(min_ngram=99)  # lookup never proposes
     auto.attach(DraftLength(t_plain=0.01, t_sync=0.01, t_extra=0.001))
-    auto.t_second = 1.0  # measured at a second a token: never pays
+    auto.t_second = 0.001 if cheap else 0.02  # a tenth of a plain token, or twice one
+    for _ in range(20):
+        auto.accepts.record(4, 0)
     for i in range(1000):
         auto.propose([1, 2, 3, i], 4, None)
-    assert second.calls == 5  # after 32, 96, 224, 480 and 992 skipped proposals
+    assert second.calls == (5 if cheap else 0)  # after 32, 96, 224, 480 and 992 skipped proposals
 
 
 def test_auto_is_idle_only_without_a_second_drafter():
@@ -90,3 +97,9 @@ def test_auto_is_idle_only_without_a_second_drafter():
 def test_auto_spec_errors():
     with pytest.raises(edge.EdgeError, match="after 'auto:'"):
         make_drafter("auto:lookup", None)
+
+
+def test_greedy_verification_reads_bf16_logits():
+    """NumPy, whose argmax verification takes, has no bf16: such logits are widened first (exactly)."""
+    logits = mx.array([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]], dtype=mx.bfloat16)
+    assert accept_greedy(logits, [1]) == (1, 0) and accept_greedy(logits, [2]) == (0, 1)

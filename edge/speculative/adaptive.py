@@ -9,11 +9,12 @@ rate drafting must beat. The first request on a model starts with a few plain to
 then one synchronous step (t_sync), then drafts; later requests start from the costs the last one measured,
 and a drafter from its own last cost and acceptance (`controller_for`). A drafter that grades its proposals
 in tiers (prompt lookup: by the length of the match, and whether it is ambiguous) has each tier judged with
-its own acceptance. When no k > 0 beats plain, speculation is off for the request: the loop decodes plainly
-for `probe_every` tokens (twice as many after each probe that finds drafting still not paying, up to
-`max_burst`), or until the drafter has a proposal of a higher tier, then drafts the k with the best expected
-rate again to re-measure, unless even perfect acceptance could not pay at any k (`can_pay`). t_sync
-and t_extra are fitted together over every synchronous step (`VerifyCost`), not read off the rare steps that
+its own acceptance. When no k > 0 beats plain, speculation is off (the next request probes within its first
+`max_burst` / 2 tokens): the loop decodes plainly for `probe_every` tokens (twice as many after each probe
+that finds drafting still not paying, up to `max_burst`), or until the drafter has a proposal of a higher
+tier, then drafts the k with the best expected rate again to re-measure, unless even perfect acceptance could
+not pay at any k (`can_pay`; before any draft is timed, by the drafter's step timed alone). t_sync and
+t_extra are fitted together over every synchronous step (`VerifyCost`), not read off the rare steps that
 draft nothing; until two different k were measured, the line is a guess and k is chosen by a low estimate of
 the cost (`VerifyCost.optimistic`), up to k_max / 2.
 """
@@ -219,6 +220,12 @@ class DraftLength:
     """Extra seconds per additional verified position."""
     t_draft: float | None = None
     """Seconds to draft one token."""
+    t_draft_alone: float | None = None
+    """Seconds of a draft step timed alone (a draft model's, when it was built): until drafts are timed, whether
+    drafting could pay at all, at half this cost (it was timed once, and a drafter ruled out is never timed
+    again). Not a first estimate of t_draft: alone, a 4-bit copy of an fp16 SmolLM2 drafts in 3.7 ms, in the
+    loop in 5-10 ms (OpenBLAS's threads spin after the target's pass), and the moving average would take many
+    steps to climb from the lower figure."""
     adaptive: bool = True
     """False: always draft `k_start` tokens (for tests and fixed-length benchmarks)."""
     warmup: int = 4
@@ -239,13 +246,15 @@ class DraftLength:
         new = min(max(new, 0.5 * old), 2.0 * old)
         return self.decay * old + (1 - self.decay) * new
 
-    def can_pay(self) -> bool:
+    def can_pay(self, t_draft: float | None = None) -> bool:
         """False when even drafts that are always accepted could not beat plain decoding at any k (by the step
         costs as `choose` sees them: t_draft + t_extra >= t_plain said so for a BLAS target, whose t_extra from
-        one and two positions is most of a step, while its longer drafts pay)."""
+        one and two positions is most of a step, while its longer drafts pay). `t_draft`: a draft's cost, if
+        not this controller's drafter's."""
         if self.t_plain is None or self.t_sync is None:
             return True
-        t_draft = self.t_draft or 0.0
+        if t_draft is None:
+            t_draft = self.t_draft if self.t_draft is not None else (self.t_draft_alone or 0.0) / 2
         return any((k + 1) * self.t_plain > k * t_draft + self.step_cost(k) for k in range(1, self.k_max + 1))
 
     def choose(self, limit: int, tier: int = 0) -> int:
@@ -255,6 +264,8 @@ class DraftLength:
             return max(0, min(self.k_start, limit))
         if limit <= 0 or self.t_plain is None or self.t_sync is None:  # measure plain decoding first
             return 0
+        if self.t_draft is None and self.t_draft_alone is not None and not self.can_pay():
+            return 0  # the drafter's step timed alone rules it out: it never drafts
         if self.t_extra is None:  # never drafted yet: measure it
             return min(self.k_start, limit)
         best_k, best_rate = 0, 1.0 / self.t_plain
@@ -299,7 +310,7 @@ class DraftLength:
             return 0
         if self.t_plain is None:
             return min(self.warmup, limit)
-        if self.t_sync is None or self.t_extra is None:
+        if self.t_sync is None or (self.t_extra is None and self.can_pay()):
             return 0
         n = min(self.burst, limit)
         self.burst = min(2 * self.burst, self.max_burst)
@@ -341,8 +352,11 @@ class DrafterRecord:
     t_draft: float | None
     accepts: list[Acceptance]
     burst: int
-    """Plain tokens before the next probe, as the last request left it: a drafter found not to pay is not
-    probed every 16 tokens again from the start of each request."""
+    """Plain tokens before the next probe, as the last request left it, so a drafter found not to pay is not
+    probed every 16 tokens from the start of each request; but at most half of `max_burst`, so each request
+    probes within its first 64 tokens. Carried whole (128 tokens), it made whole replies plain: on an fp16
+    SmolLM2, two unlucky early steps of self:4 switched it off for every later prompt (1.0x on the grounded
+    prompts, against 1.4-1.7x when it was not)."""
 
 
 def controller_for(module, drafter) -> DraftLength:
@@ -355,8 +369,9 @@ def controller_for(module, drafter) -> DraftLength:
         c.verify = copy.deepcopy(costs.verify)
     record = getattr(drafter, "_edge_record", None)
     if record is not None:
-        c.t_draft, c.burst = record.t_draft, record.burst
+        c.t_draft, c.burst = record.t_draft, min(record.burst, c.max_burst // 2)
         c.accepts = copy.deepcopy(record.accepts)
+    c.t_draft_alone = getattr(drafter, "step_s", None)  # a draft model's step, timed when it was built
     return c
 
 
