@@ -89,9 +89,13 @@ def test_auto_probes_a_second_drafter_that_does_not_pay_ever_less_often(cheap):
     assert second.calls == (5 if cheap else 0)  # after 32, 96, 224, 480 and 992 skipped proposals
 
 
-def test_auto_is_idle_only_without_a_second_drafter():
+def test_auto_is_idle_only_without_a_second_drafter_worth_asking():
     assert AutoDrafter().idle([1, 2, 3]) and not AutoDrafter().idle([1, 2, 1])
     assert not AutoDrafter(second=PromptLookup()).idle([1, 2, 3])  # the second drafter is asked instead
+    hopeless = AutoDrafter(second=PromptLookup())
+    hopeless.attach(DraftLength(t_plain=0.01, t_sync=0.01, t_extra=0.001))
+    hopeless.t_alone = 1.0  # a second drafter timed at 100 plain tokens a draft: as if there were none
+    assert hopeless.idle([1, 2, 3]) and not hopeless.idle([1, 2, 1])
 
 
 def test_auto_spec_errors():

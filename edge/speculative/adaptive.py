@@ -101,6 +101,12 @@ def expected_rate(acceptance: Acceptance, k: int, t_draft: float, t_step: float)
     return acceptance.expected_tokens(k) / (k * t_draft + t_step)
 
 
+def judged_cost(measured: float | None, alone: float | None) -> float | None:
+    """A draft's cost for judging whether drafting could pay at all: as measured in the loop, else half its step
+    timed alone (timed once; a drafter ruled out by it is never timed again)."""
+    return measured if measured is not None else None if alone is None else alone / 2
+
+
 @dataclass
 class VerifyCost:
     """Seconds of a synchronous target pass over 1 + k positions as t_sync + k * t_extra, fitted by decayed
@@ -222,8 +228,7 @@ class DraftLength:
     """Seconds to draft one token."""
     t_draft_alone: float | None = None
     """Seconds of a draft step timed alone (a draft model's, when it was built): until drafts are timed, whether
-    drafting could pay at all, at half this cost (it was timed once, and a drafter ruled out is never timed
-    again). Not a first estimate of t_draft: alone, a 4-bit copy of an fp16 SmolLM2 drafts in 3.7 ms, in the
+    drafting could pay at all (`judged_cost`). Not a first estimate of t_draft: alone, a 4-bit copy of an fp16 SmolLM2 drafts in 3.7 ms, in the
     loop in 5-10 ms (OpenBLAS's threads spin after the target's pass), and the moving average would take many
     steps to climb from the lower figure."""
     adaptive: bool = True
@@ -254,8 +259,13 @@ class DraftLength:
         if self.t_plain is None or self.t_sync is None:
             return True
         if t_draft is None:
-            t_draft = self.t_draft if self.t_draft is not None else (self.t_draft_alone or 0.0) / 2
+            t_draft = judged_cost(self.t_draft, self.t_draft_alone) or 0.0
         return any((k + 1) * self.t_plain > k * t_draft + self.step_cost(k) for k in range(1, self.k_max + 1))
+
+    @property
+    def ruled_out(self) -> bool:
+        """Never drafts: before any draft was timed, the drafter's step timed alone could not pay at any k."""
+        return self.t_draft is None and self.t_draft_alone is not None and not self.can_pay()
 
     def choose(self, limit: int, tier: int = 0) -> int:
         """The draft length for the next step (0 = a plain step), at most `limit`, for a proposal of this
@@ -264,8 +274,8 @@ class DraftLength:
             return max(0, min(self.k_start, limit))
         if limit <= 0 or self.t_plain is None or self.t_sync is None:  # measure plain decoding first
             return 0
-        if self.t_draft is None and self.t_draft_alone is not None and not self.can_pay():
-            return 0  # the drafter's step timed alone rules it out: it never drafts
+        if self.ruled_out:
+            return 0
         if self.t_extra is None:  # never drafted yet: measure it
             return min(self.k_start, limit)
         best_k, best_rate = 0, 1.0 / self.t_plain
@@ -310,7 +320,7 @@ class DraftLength:
             return 0
         if self.t_plain is None:
             return min(self.warmup, limit)
-        if self.t_sync is None or (self.t_extra is None and self.can_pay()):
+        if self.t_sync is None or (self.t_extra is None and not self.ruled_out):
             return 0
         n = min(self.burst, limit)
         self.burst = min(2 * self.burst, self.max_burst)

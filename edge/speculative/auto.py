@@ -6,9 +6,10 @@ drafts survived); its draft cost is timed here; the verify costs come from the l
 used only while its expected tokens per second beat plain decoding, and re-probed now and then: after 32
 proposals it skipped, then twice as many after each probe that finds it still not paying (up to 1024; a
 probe of a self-draft catches its cache up on every token since the last, as costly as a prefill). A second
-drafter that could not pay even with every draft kept at half its measured cost is not probed again: a 3-bit
-copy of SmolLM2 on MLX's own CPU kernels drafts at 112 ms a token against the 4-bit target's 3.4 ms, and its
-probes (a catch-up at 70 ms a token, then the drafts) made whole replies decode at 26-34 tok/s against 290.
+drafter that could not pay even with every draft kept (`judged_cost`: as measured, else half its step timed
+alone) is not asked again, and auto is then idle wherever lookup is, as without one: a 3-bit copy of SmolLM2
+on MLX's own CPU kernels drafts at 112 ms a token against the 4-bit target's 3.4 ms, and its probes (a
+catch-up at 70 ms a token, then the drafts) made whole replies decode at 26-34 tok/s against 290.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import time
 
 from ..sampling import Candidates
-from .adaptive import Acceptance, DraftLength, expected_rate
+from .adaptive import Acceptance, DraftLength, expected_rate, judged_cost
 from .drafters import PromptLookup
 
 
@@ -33,6 +34,7 @@ class AutoDrafter:
         self.accepts = Acceptance()  # the second drafter's, measured from the settled history
         self.t_second: float | None = None
         self.t_alone: float | None = getattr(second, "step_s", None)  # timed when built: `hopeless` until measured
+        self._hopeless = False
         self.skipped = 0
         self.next_probe = self.probe_every
         self._pending: tuple[int, list[int]] | None = None
@@ -54,8 +56,8 @@ class AutoDrafter:
         return self.lookup.tier(tokens)
 
     def idle(self, tokens: list[int]) -> bool:
-        """Nothing to propose: lookup has no match and there is no second drafter to ask instead."""
-        return self.second is None and self.lookup.idle(tokens)
+        """Nothing to propose: lookup has no match and there is no second drafter worth asking instead."""
+        return self.lookup.idle(tokens) and (self.second is None or self.hopeless())
 
     def prepare(self, tokens: list[int]) -> None:
         self._pending = None  # the last request's drafts are not this one's to account
@@ -86,10 +88,12 @@ class AutoDrafter:
         return rate > 1.02 / c.t_plain
 
     def hopeless(self) -> bool:
-        """Measured too slow to pay at any draft length even with every draft kept, with a margin of 2 on its
-        cost (the first measures can be a cold start's)."""
-        c, t = self.controller, self.t_second if self.t_second is not None else self.t_alone
-        return c is not None and t is not None and not c.can_pay(t / 2)
+        """Too slow to pay at any draft length even with every draft kept; once found, for good (it is not asked
+        again, so nothing would change the verdict but the target's own costs drifting)."""
+        if not self._hopeless and self.controller is not None:
+            t = judged_cost(self.t_second, self.t_alone)
+            self._hopeless = t is not None and not self.controller.can_pay(t)
+        return self._hopeless
 
     def propose(self, tokens: list[int], k: int, distribution) -> tuple[list[int], list[Candidates] | None]:
         self._account(tokens)
