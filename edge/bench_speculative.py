@@ -6,8 +6,9 @@ prompts' own ratios (each a median over the runs; `--json` lists them as `prompt
 accepted drafts per verify step, the share of time spent drafting (against verifying), and whether the
 output was identical to plain: greedy, or sampled with a deterministic drafter such as prompt lookup (`--json`
 also has the counts and seconds). `--repeats R` runs plain decoding and every drafter R times, interleaved
-(plain, each drafter, plain, ...), so drift on a shared machine hits both sides of a ratio alike; the table
-gives medians (and the range of the ratios). Sampled, repeat r seeds every row's requests with r.
+prompt by prompt (plain, each drafter, the next prompt plain, ...), so drift on a shared machine hits both
+sides of a ratio alike; the table gives medians (and the range of the ratios). Sampled, repeat r seeds every
+row's requests with r.
 
 Peers run on the same prompts in a child process, each against its own plain decoding there: with a draft
 model and `--peers mlx_lm`, mlx-lm's `stream_generate(draft_model=...)` (it reports which tokens came
@@ -85,41 +86,37 @@ def prompt_suite() -> dict[str, list[str]]:
     return json.loads((files("edge.assets") / "spec_prompts.json").read_text())
 
 
-def _run(model, prompts: list[list[int]], sampling: Sampling, drafter, fixed_length: int | None = None) -> dict:
+def _decode(model, ids: list[int], sampling: Sampling, drafter, fixed_length: int | None = None) -> dict:
+    """One prompt decoded (plainly when drafter is None): its tokens after the first and their seconds, its
+    drafting counts, and its output."""
     from .generate import stream_events
 
-    decoded, outputs, generated = [], [], 0  # decoded: (tokens after the first, seconds) per prompt
-    drafted = accepted = steps = 0
-    draft_s = verify_s = 0.0
-    for ids in prompts:
-        done = [
-            e
-            for e in stream_events(
-                model, ids, model.make_cache(), sampling, drafter=drafter, draft_length=_controller(fixed_length)
-            )
-            if isinstance(e, Done)
-        ][-1]
-        s = done.stats
-        n = max(s.generation_tokens - 1, 0)  # decode tok/s excludes the first token (prefill)
-        decoded.append((n, n / s.decode_tps if s.decode_tps else 0.0))
-        if s.draft:
-            drafted, accepted, steps = (
-                drafted + s.draft.drafted,
-                accepted + s.draft.accepted,
-                steps + s.draft.verify_steps,
-            )
-            draft_s, verify_s = draft_s + s.draft.draft_s, verify_s + s.draft.verify_s
-        outputs.append(done.token_ids)
-        generated += s.generation_tokens
+    events = stream_events(
+        model, ids, model.make_cache(), sampling, drafter=drafter, draft_length=_controller(fixed_length)
+    )
+    done = [e for e in events if isinstance(e, Done)][-1]
+    s, d = done.stats, done.stats.draft
+    n = max(s.generation_tokens - 1, 0)  # decode tok/s excludes the first token (prefill)
     return {
-        **_rates(decoded),
-        "drafted": drafted,
-        "accepted": accepted,
-        "verify_steps": steps,
-        "draft_s": draft_s,
-        "verify_s": verify_s,
-        "outputs": outputs,
-        "from_draft": accepted / max(generated, 1),
+        "decoded": (n, n / s.decode_tps if s.decode_tps else 0.0),
+        "drafted": d.drafted if d else 0,
+        "accepted": d.accepted if d else 0,
+        "verify_steps": d.verify_steps if d else 0,
+        "draft_s": d.draft_s if d else 0.0,
+        "verify_s": d.verify_s if d else 0.0,
+        "output": done.token_ids,
+        "generated": s.generation_tokens,
+    }
+
+
+def _tally(prompts: list[dict]) -> dict:
+    """A class's figures from its prompts' (`_decode`): tok/s over the class and per prompt, counts summed."""
+    counts = {k: sum(p[k] for p in prompts) for k in ("drafted", "accepted", "verify_steps", "draft_s", "verify_s")}
+    return {
+        **_rates([p["decoded"] for p in prompts]),
+        **counts,
+        "outputs": [p["output"] for p in prompts],
+        "from_draft": counts["accepted"] / max(sum(p["generated"] for p in prompts), 1),
     }
 
 
@@ -148,14 +145,20 @@ def run_speculative_bench(model, args) -> int:
     runs: dict[tuple[str, str], list[dict]] = {}
     for repeat in range(max(1, args.repeats)):
         seeded = sampling.with_(seed=repeat)  # sampled, each repeat draws other replies (the same for all rows)
-        for cls, ids in prompts.items():  # interleaved: each drafter right after its plain run
-            plain = _run(model, ids, seeded, None)
+        for cls, ids in prompts.items():
+            # interleaved by prompt: each drafter right after plain decoding of the same prompt, so a prompt's
+            # own ratio compares runs a second apart, not a class apart (on a shared host, tens of seconds)
+            decoded: dict[str, list[dict]] = {name: [] for name in ["plain", *drafters]}
+            for prompt in ids:
+                decoded["plain"].append(_decode(model, prompt, seeded, None))
+                for name, drafter in drafters.items():
+                    decoded[name].append(_decode(model, prompt, seeded, drafter, args.draft_length))
+            plain = _tally(decoded["plain"])
             runs.setdefault(("plain", cls), []).append({**plain, "ratio": 1.0})
             for name, drafter in drafters.items():
-                r = _run(model, ids, seeded, drafter, args.draft_length)
                 # sampled, only a deterministic drafter's output must be plain's own (same seed)
                 exact = args.temperature == 0 or getattr(drafter, "deterministic", False)
-                runs.setdefault((name, cls), []).append(_against(plain, r, exact))
+                runs.setdefault((name, cls), []).append(_against(plain, _tally(decoded[name]), exact))
     rows = [_summary(name, cls, rs) for (name, cls), rs in runs.items()]
     rows.sort(
         key=lambda r: (r["drafter"] != "plain", list(drafters).index(r["drafter"]) if r["drafter"] in drafters else -1)
@@ -263,7 +266,7 @@ def _llama_cpp_lookup_rows(model, prompts: dict[str, list[list[int]]], args) -> 
             {**_row("llama_cpp+lookup", cls, None, None, None, None, None), "error": out["error"]} for cls in prompts
         ]
 
-    def tally(replies: list[dict]) -> dict:  # one class's replies, counted as _run counts edge's
+    def tally(replies: list[dict]) -> dict:  # one class's replies, counted as _tally counts edge's
         decoded = [(max(len(r["tokens"]) - 1, 0), r["seconds"]) for r in replies]
         return {**_rates(decoded), "outputs": [r["tokens"] for r in replies]}
 

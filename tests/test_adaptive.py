@@ -91,8 +91,19 @@ def test_one_slow_step_moves_the_cost_estimates_a_bounded_amount():
     c = DraftLength(t_plain=0.010, t_sync=0.010)
     c.record(0, 0, t_draft=0.0, t_verify=0.5)  # a step the OS stalled for half a second
     assert 0.010 < c.t_sync <= 0.013
-    c.record_plain(4, 0.0)  # and a burst timed impossibly fast
-    assert c.t_plain == pytest.approx(0.8 * 0.010 + 0.2 * 0.005)
+    c.record_plain(4, 0.0)  # and a burst timed impossibly fast: its 4 tokens at half the estimate at most
+    assert c.t_plain == pytest.approx(0.9**4 * 0.010 + (1 - 0.9**4) * 0.005)
+
+
+def test_one_stalled_plain_token_barely_moves_the_rate_to_beat_and_a_long_burst_sets_it():
+    """A plain token stalled to twice its time (this shared host: 20 against 9 ms) must not make drafts that are
+    nearly always rejected look worth verifying; a burst of many tokens at a new speed is the new speed."""
+    c = DraftLength(t_plain=0.009, t_sync=0.009, t_extra=0.0025, accepts=[Acceptance(first=0.2, more=0.2)])
+    assert c.choose(8) == 0  # a draft kept 1 time in 5 does not pay for a verify pass 28% dearer than a token
+    c.record_plain(1, 0.020)
+    assert c.t_plain <= 0.0093 and c.choose(8) == 0  # once 0.0108, and then it did
+    c.record_plain(40, 40 * 0.006)
+    assert c.t_plain == pytest.approx(0.006, rel=0.02)
 
 
 def test_step_costs_are_fitted_over_every_step_and_recover_from_a_cold_first_one():

@@ -163,3 +163,33 @@ def test_llama_cpp_lookup_rows_are_against_llama_cpps_own_plain(monkeypatch):
     assert row["ratio_range"] == approx([1.0, 2.0])
     assert row["prompt_ratios"] == approx([3.0, 0.75]) and row["worst_prompt"] == approx(0.75)  # (2+4)/2, (.5+1)/2
     assert row["identical"] is False and row["acceptance"] is None  # the second repeat's reply differs
+
+
+def test_bench_draft_interleaves_by_prompt(tmp_path, tokenizer, monkeypatch, capsys):
+    """Each prompt is decoded plainly and then by each drafter before the next prompt: a prompt's own ratio
+    (what "never below 0.95x on any prompt" is judged by) compares runs a second apart, not a class apart."""
+    import builders
+
+    import edge
+    import edge.bench_speculative as bench
+    from edge.cli import build_parser
+    from edge.converters import convert
+
+    src = builders.write_hf_model(tmp_path / "hf", "llama", tok=tokenizer, seed=4, max_position_embeddings=1024)
+    convert(src, tmp_path / "model", dtype="float32", progress=False)
+
+    calls, decode = [], bench._decode
+
+    def spy(model, ids, sampling, drafter, fixed_length=None):
+        calls.append((tuple(ids), getattr(drafter, "name", "plain")))
+        return decode(model, ids, sampling, drafter, fixed_length)
+
+    monkeypatch.setattr(bench, "_decode", spy)
+    args = build_parser().parse_args(
+        ["bench", "--draft", "lookup,auto", "--max-tokens", "3", "--repeats", "1", "--json"]
+    )
+    assert bench.run_speculative_bench(edge.load(tmp_path / "model"), args) == 0
+    prompts = [ids for ids, name in calls if name == "plain"]
+    assert len(prompts) == sum(len(texts) for texts in bench.prompt_suite().values())
+    assert calls == [(ids, name) for ids in prompts for name in ("plain", "lookup", "auto")]
+    assert len(json.loads(capsys.readouterr().out)) == 6  # plain, lookup and auto, for each class
