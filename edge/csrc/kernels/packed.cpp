@@ -77,6 +77,9 @@ void quantx_prepare(QuantX& out, const float*, int M, int K) {
 // Quantize x per block of 32. The group sums of x are replaced by those of its quantized values: the result
 // is then exactly (quantized x) @ w.T, where the bias term cancels most of the activations' rounding (the
 // weights' integers are offset, all positive; summing the exact x here would leave that error uncancelled).
+// Per block: d = absmax / 32767, q = x * (1 / d) rounded to the nearest (even) integer, as nearbyint does,
+// and the sum of the q; 16 floats at a time with AVX-512, 8 with AVX2. A scalar loop (once the AVX2 path,
+// bit for bit the same) took 1.5 us for a row of 1536 against 0.6 on a Zen 3, ~100 us of a SmolLM2 position.
 void quantize_x(const float* x, int K, int gs, QuantX& out, int m0, int m1, int g0, int g1) {
   const int blocks = K / 32, G = K / gs, per_group = gs / 32;
   for (int m = m0; m < m1; ++m)
@@ -84,8 +87,6 @@ void quantize_x(const float* x, int K, int gs, QuantX& out, int m0, int m1, int 
       if (j % per_group == 0) out.xsum[static_cast<size_t>(m) * G + j / per_group] = 0.f;
       const float* xb = x + static_cast<size_t>(m) * K + j * 32;
 #if EDGE_AVX512
-      // the same arithmetic as below, 16 at a time (cvtps rounds to nearest even, as nearbyint does): scalar,
-      // quantizing a verify pass's rows cost a visible share of the pass
       const __m512 a = _mm512_loadu_ps(xb), b = _mm512_loadu_ps(xb + 16);
       const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
       const float d = amax / 32767.f, inv = d > 0.f ? 1.f / d : 0.f;
@@ -99,18 +100,25 @@ void quantize_x(const float* x, int K, int gs, QuantX& out, int m0, int m1, int 
       const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
       out.xsum[static_cast<size_t>(m) * G + j / per_group] += d * static_cast<float>(sum);
 #else
-      float amax = 0.f;
-      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      const __m256 sign = _mm256_set1_ps(-0.f);
+      __m256 v[4], top = _mm256_setzero_ps();
+      for (int i = 0; i < 4; ++i) top = _mm256_max_ps(top, _mm256_andnot_ps(sign, v[i] = _mm256_loadu_ps(xb + 8 * i)));
+      __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(top), _mm256_extractf128_ps(top, 1));
+      m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+      const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
       const float d = amax / 32767.f, inv = d > 0.f ? 1.f / d : 0.f;
       out.scale[static_cast<size_t>(m) * blocks + j] = d;
-      int16_t* qb = out.q.data() + static_cast<size_t>(m) * K + j * 32;
-      int sum = 0;
-      for (int i = 0; i < 32; ++i) {
-        const int v = static_cast<int>(std::nearbyint(xb[i] * inv));
-        qb[i] = static_cast<int16_t>(v);
-        sum += v;
-      }
-      out.xsum[static_cast<size_t>(m) * G + j / per_group] += d * static_cast<float>(sum);
+      const __m256 vinv = _mm256_set1_ps(inv);
+      __m256i q[4], sum = _mm256_setzero_si256();
+      for (int i = 0; i < 4; ++i) sum = _mm256_add_epi32(sum, q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], vinv)));
+      int16_t* to = out.q.data() + static_cast<size_t>(m) * K + j * 32;
+      for (int i = 0; i < 4; i += 2) // packs works per 128-bit lane: put the 64-bit pieces back in order
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(to + 8 * i),
+                            _mm256_permute4x64_epi64(_mm256_packs_epi32(q[i], q[i + 1]), 0xD8));
+      __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+      s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+      out.xsum[static_cast<size_t>(m) * G + j / per_group] += d * static_cast<float>(_mm_cvtsi128_si32(s4));
 #endif
     }
 }
