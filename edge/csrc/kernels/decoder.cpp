@@ -59,44 +59,16 @@ inline void rope(float* v, const float* cos, const float* sin, int half) {
   }
 }
 
-constexpr int SPAN = 16; // positions per score tile, values per mixing tile: one vector of 16 floats
+constexpr int SPAN = 16; // positions per score tile, values per mixing tile
 // Keys are cached in blocks of this many positions, (head_dim, KEY_BLOCK) each: a score tile reads one block,
 // head_dim x 32 contiguous bytes. Transposed whole, (head_dim, capacity), a tile read head_dim pieces a row of
 // the cache apart, which at a power-of-two capacity all fell in one L1 set and evicted each other.
 constexpr int KEY_BLOCK = SPAN;
 
-// 16 floats as one vector (GCC / Clang vector extension: an AVX-512 register, two AVX2 ones, four NEON ones),
-// so the tiles below stay in registers.
-typedef float f16v __attribute__((vector_size(64)));
-inline f16v load16(const float* p) {
-  f16v v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store16(float* p, f16v v) {
-  std::memcpy(p, &v, sizeof v);
-}
-// 16 cached fp16 keys or values, widened to fp32 (with vcvtph2ps: GCC 12 converts _Float16 vectors lane by lane)
-inline f16v load16(const half_t* p) {
-  f16v out;
-#if defined(__AVX512F__)
-  const __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  std::memcpy(&out, &v, sizeof out);
-#elif defined(__F16C__)
-  const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
-  std::memcpy(&out, &lo, sizeof lo);
-  std::memcpy(reinterpret_cast<char*>(&out) + sizeof lo, &hi, sizeof hi);
-#else
-  for (int i = 0; i < 16; ++i) out[i] = static_cast<float>(p[i]);
-#endif
-  return out;
-}
-
-// The score and mixing tiles below hold their sums in vectors of the machine's width, W floats, SPAN / W to a
-// span: GCC lowers the 16-float vectors above to two AVX2 registers well enough one at a time, but an array of
-// them (a tile's sums) it kept in memory and moved through general registers at every step (attention at 1,500
-// tokens of context took ~8 ms of a SmolLM2 token on a Zen 3 EPYC). Lane for lane the arithmetic is the same.
+// Vectors of the machine's width, W floats (GCC / Clang vector extension), SPAN / W of them to a span. These were
+// 16-float vectors, two AVX2 registers each: GCC kept arrays of them (a tile's sums) in memory and moved them
+// through general registers at every step (attention at 1,500 tokens of context took ~8 ms of a SmolLM2 token
+// on a Zen 3 EPYC, against ~1 ms now). Lane for lane the arithmetic is the same.
 #if defined(__AVX512F__)
 constexpr int W = 16;
 #elif defined(__AVX__)
@@ -111,7 +83,11 @@ inline fwv loadw(const float* p) {
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline fwv loadw(const half_t* p) { // W cached fp16 keys or values, widened
+inline void storew(float* p, fwv v) {
+  std::memcpy(p, &v, sizeof v);
+}
+// W cached fp16 keys or values, widened to fp32 (with vcvtph2ps: GCC 12 converts _Float16 vectors lane by lane)
+inline fwv loadw(const half_t* p) {
   fwv out;
 #if defined(__AVX512F__)
   const __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
@@ -161,35 +137,35 @@ inline void mix_tile(const float* w, int stride, int n, const half_t* v, int hd,
   for (int r = 0; r < RT; ++r) std::memcpy(out + static_cast<size_t>(r) * hd + e0, acc[r], sizeof acc[r]);
 }
 
-// exp(x) of 16 floats, x clamped to [-87, 88], by the Cephes polynomial that MLX's own CPU exp uses
+// exp(x) of W floats, x clamped to [-87, 88], by the Cephes polynomial that MLX's own CPU exp uses
 // (simd/math.h), written with vector operations (std::exp does not vectorise without -ffast-math). Relative
 // error about 1e-7.
-inline f16v exp16(f16v x) {
-  typedef int32_t i16v __attribute__((vector_size(64)));
-  const f16v lo = f16v{} - 87.f, hi = f16v{} + 88.f, magic = f16v{} + 12582912.f; // 1.5 * 2^23
+inline fwv expw(fwv x) {
+  typedef int32_t iwv __attribute__((vector_size(W * sizeof(int32_t))));
+  const fwv lo = fwv{} - 87.f, hi = fwv{} + 88.f, magic = fwv{} + 12582912.f; // 1.5 * 2^23
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
-  const f16v y = x * 1.442695f, t = y + magic; // t's low mantissa bits: y rounded to the nearest integer
-  const f16v n = t - magic, f = y - n;
-  f16v p = f16v{} + 1.535336188319500e-4f;
+  const fwv y = x * 1.442695f, t = y + magic; // t's low mantissa bits: y rounded to the nearest integer
+  const fwv n = t - magic, f = y - n;
+  fwv p = fwv{} + 1.535336188319500e-4f;
   p = p * f + 1.339887440266574e-3f;
   p = p * f + 9.618437357674640e-3f;
   p = p * f + 5.550332471162809e-2f;
   p = p * f + 2.402264791363012e-1f;
   p = p * f + 6.931472028550421e-1f;
   p = p * f + 1.f;
-  const i16v e = ((reinterpret_cast<const i16v&>(t) - reinterpret_cast<const i16v&>(magic)) + 127) << 23;
-  return p * reinterpret_cast<const f16v&>(e);
+  const iwv e = ((__builtin_bit_cast(iwv, t) - __builtin_bit_cast(iwv, magic)) + 127) << 23;
+  return p * __builtin_bit_cast(fwv, e);
 }
 
-// exp of n floats in place (n a multiple of 16, or the tail is done one vector at a time on a copy).
+// exp of n floats in place (the tail past a multiple of W on a copy, one vector).
 void exp_inplace(float* x, int n) {
   int j = 0;
-  for (; j + 16 <= n; j += 16) store16(x + j, exp16(load16(x + j)));
+  for (; j + W <= n; j += W) storew(x + j, expw(loadw(x + j)));
   if (j < n) {
-    float tail[16] = {};
+    float tail[W] = {};
     std::copy(x + j, x + n, tail);
-    store16(tail, exp16(load16(tail)));
+    storew(tail, expw(loadw(tail)));
     std::copy(tail, tail + (n - j), x + j);
   }
 }
@@ -197,13 +173,13 @@ void exp_inplace(float* x, int n) {
 // g = silu(g) * u = g / (1 + exp(-g)) * u, for n floats
 void swiglu(float* g, const float* u, size_t n) {
   size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const f16v x = load16(g + i);
-    store16(g + i, x / (1.f + exp16(-x)) * load16(u + i));
+  for (; i + W <= n; i += W) {
+    const fwv x = loadw(g + i);
+    storew(g + i, x / (1.f + expw(-x)) * loadw(u + i));
   }
   for (; i < n; ++i) {
-    float t[16] = {-g[i]};
-    store16(t, exp16(load16(t)));
+    float t[W] = {-g[i]};
+    storew(t, expw(loadw(t)));
     g[i] = g[i] / (1.f + t[0]) * u[i];
   }
 }
@@ -290,15 +266,15 @@ void attend_chunk(const float* q, int rows, const int* len, const half_t* kt, co
     for (int r = 0; r < rt; ++r) {
       float* sr = scores + static_cast<size_t>(r) * CHUNK;
       const int own = std::min(n, std::max(0, len[r0 + r] - c0));
-      f16v tops = f16v{} - INFINITY; // the maximum 16 lanes at a time (one scalar chain was a third of the time)
+      fwv tops = fwv{} - INFINITY; // the maximum W lanes at a time (one scalar chain was a third of the time)
       int j = 0;
-      for (; j + 16 <= own; j += 16) {
-        const f16v x = load16(sr + j);
+      for (; j + W <= own; j += W) {
+        const fwv x = loadw(sr + j);
         tops = x > tops ? x : tops;
       }
       float t = -INFINITY;
       for (; j < own; ++j) t = std::max(t, sr[j]);
-      for (int l = 0; l < 16; ++l) t = std::max(t, tops[l]);
+      for (int l = 0; l < W; ++l) t = std::max(t, tops[l]);
       for (j = 0; j < own; ++j) sr[j] -= t;
       exp_inplace(sr, own);
       // 16 running sums in a fixed order (not a compiler reduction, whose grouping could follow the buffer's
@@ -329,10 +305,10 @@ void merge_chunks(const float* part, const float* top, const float* sum, int chu
     weight[c] = std::exp(top[c * step] - t);
     total += weight[c] * sum[c * step];
   }
-  for (int e0 = 0; e0 < hd; e0 += SPAN) {
-    f16v acc = {};
-    for (int c = 0; c < chunks; ++c) acc += weight[c] * load16(part + c * stride + e0);
-    store16(out + e0, acc / total);
+  for (int e0 = 0; e0 < hd; e0 += W) {
+    fwv acc = {};
+    for (int c = 0; c < chunks; ++c) acc += weight[c] * loadw(part + c * stride + e0);
+    storew(out + e0, acc / total);
   }
 }
 
