@@ -472,7 +472,9 @@ class SlowDrafter(ModelDrafter):
 def test_auto_stops_using_a_second_drafter_that_does_not_pay(target):
     from edge.speculative import AutoDrafter
 
-    auto = AutoDrafter(SlowDrafter(target.module, "slow"))
+    slow = SlowDrafter(target.module, "slow")
+    slow.step_s = 1e-4  # timed alone it looks cheap (a stalled timing could rule it out): only the loop stops it
+    auto = AutoDrafter(slow)
     auto.lookup = PromptLookup(min_ngram=99)  # lookup never proposes: every draft would be the second drafter's
     prompt = target.encode("Once upon a time")
     done = done_of(stream_events(target, prompt, target.make_cache(), Sampling(max_tokens=40), eos=set(), drafter=auto))

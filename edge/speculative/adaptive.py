@@ -333,8 +333,8 @@ class DraftLength:
         """Seconds of a plain burst of `tokens` intervals: plain decoding's real cost, what drafting must beat.
         Each token timed counts once, and the burst's mean enters at most `verify.band` slower than the estimate,
         as a verify step does: once every burst counted as much, and a single token stalled to twice its time
-        on this shared host (20 against 9 ms) raised t_plain by a fifth, so that for the next several steps any
-        draft with a 5% chance looked worth verifying (SmolLM2's "sky is blue" reply at 0.88x to 0.95x)."""
+        on a shared host (20 against 9 ms) raised t_plain by a fifth, so that for the next several steps any
+        draft with a 5% chance looked worth verifying (SmolLM2's "sky is blue" reply at 0.88x to 0.98x)."""
         per_token = seconds / max(tokens, 1)
         if self.t_plain is None or self.t_plain <= 0:
             self.t_plain = per_token
