@@ -10,22 +10,16 @@
 #include <cmath>
 #include <stdexcept>
 #include <vector>
-#if defined(__F16C__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "pool.h"
+#include "vec.h"
 
 namespace edge {
 
 namespace {
 
-#if !defined(__FLT16_MAX__)
-#error "edge's decoder kernel keeps its KV cache as _Float16, which this compiler does not offer"
-#endif
-typedef _Float16 half_t; // IEEE fp16; conversions round to nearest even
 
 struct Ptrs {
   const float *h, *attn_norm, *mlp_norm, *cos, *sin;
@@ -65,41 +59,7 @@ constexpr int SPAN = 16; // positions per score tile, values per mixing tile
 // the cache apart, which at a power-of-two capacity all fell in one L1 set and evicted each other.
 constexpr int KEY_BLOCK = SPAN;
 
-// Vectors of the machine's width, W floats (GCC / Clang vector extension), SPAN / W of them to a span. These were
-// 16-float vectors, two AVX2 registers each: GCC kept arrays of them (a tile's sums) in memory and moved them
-// through general registers at every step (attention at 1,500 tokens of context took ~8 ms of a SmolLM2 token
-// on a Zen 3 EPYC, against ~1 ms now). Lane for lane the arithmetic is the same.
-#if defined(__AVX512F__)
-constexpr int W = 16;
-#elif defined(__AVX__)
-constexpr int W = 8;
-#else
-constexpr int W = 4;
-#endif
-constexpr int PIECES = SPAN / W;
-typedef float fwv __attribute__((vector_size(W * sizeof(float))));
-inline fwv loadw(const float* p) {
-  fwv v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void storew(float* p, fwv v) {
-  std::memcpy(p, &v, sizeof v);
-}
-// W cached fp16 keys or values, widened to fp32 (with vcvtph2ps: GCC 12 converts _Float16 vectors lane by lane)
-inline fwv loadw(const half_t* p) {
-  fwv out;
-#if defined(__AVX512F__)
-  const __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-#elif defined(__AVX__) && defined(__F16C__)
-  const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-#else
-  fwv v;
-  for (int i = 0; i < W; ++i) v[i] = static_cast<float>(p[i]);
-#endif
-  std::memcpy(&out, &v, sizeof out);
-  return out;
-}
+constexpr int PIECES = SPAN / W; // vectors of the machine's width (vec.h) to a span
 
 // Scores of RT query rows (q already scaled) at positions j0..j0+15 (j0 a multiple of 16): sum over e of
 // q[r][e] * key[j][e], accumulated in registers in e order (the same for any RT). Keys come in blocks of 16
@@ -135,53 +95,6 @@ inline void mix_tile(const float* w, int stride, int n, const half_t* v, int hd,
     }
   }
   for (int r = 0; r < RT; ++r) std::memcpy(out + static_cast<size_t>(r) * hd + e0, acc[r], sizeof acc[r]);
-}
-
-// exp(x) of W floats, x clamped to [-87, 88], by the Cephes polynomial that MLX's own CPU exp uses
-// (simd/math.h), written with vector operations (std::exp does not vectorise without -ffast-math). Relative
-// error about 1e-7.
-inline fwv expw(fwv x) {
-  typedef int32_t iwv __attribute__((vector_size(W * sizeof(int32_t))));
-  const fwv lo = fwv{} - 87.f, hi = fwv{} + 88.f, magic = fwv{} + 12582912.f; // 1.5 * 2^23
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const fwv y = x * 1.442695f, t = y + magic; // t's low mantissa bits: y rounded to the nearest integer
-  const fwv n = t - magic, f = y - n;
-  fwv p = fwv{} + 1.535336188319500e-4f;
-  p = p * f + 1.339887440266574e-3f;
-  p = p * f + 9.618437357674640e-3f;
-  p = p * f + 5.550332471162809e-2f;
-  p = p * f + 2.402264791363012e-1f;
-  p = p * f + 6.931472028550421e-1f;
-  p = p * f + 1.f;
-  const iwv e = ((__builtin_bit_cast(iwv, t) - __builtin_bit_cast(iwv, magic)) + 127) << 23;
-  return p * __builtin_bit_cast(fwv, e);
-}
-
-// exp of n floats in place (the tail past a multiple of W on a copy, one vector).
-void exp_inplace(float* x, int n) {
-  int j = 0;
-  for (; j + W <= n; j += W) storew(x + j, expw(loadw(x + j)));
-  if (j < n) {
-    float tail[W] = {};
-    std::copy(x + j, x + n, tail);
-    storew(tail, expw(loadw(tail)));
-    std::copy(tail, tail + (n - j), x + j);
-  }
-}
-
-// g = silu(g) * u = g / (1 + exp(-g)) * u, for n floats
-void swiglu(float* g, const float* u, size_t n) {
-  size_t i = 0;
-  for (; i + W <= n; i += W) {
-    const fwv x = loadw(g + i);
-    storew(g + i, x / (1.f + expw(-x)) * loadw(u + i));
-  }
-  for (; i < n; ++i) {
-    float t[W] = {-g[i]};
-    storew(t, expw(loadw(t)));
-    g[i] = g[i] / (1.f + t[0]) * u[i];
-  }
 }
 
 template <int RT>
