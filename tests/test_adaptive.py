@@ -96,7 +96,7 @@ def test_one_slow_step_moves_the_cost_estimates_a_bounded_amount():
 
 
 def test_one_stalled_plain_token_barely_moves_the_rate_to_beat_and_a_long_burst_sets_it():
-    """A plain token stalled to twice its time (this shared host: 20 against 9 ms) must not make drafts that are
+    """A plain token stalled to twice its time (a shared host: 20 against 9 ms) must not make drafts that are
     nearly always rejected look worth verifying; a burst of many tokens at a new speed is the new speed."""
     c = DraftLength(t_plain=0.009, t_sync=0.009, t_extra=0.0025, accepts=[Acceptance(first=0.2, more=0.2)])
     assert c.choose(8) == 0  # a draft kept 1 time in 5 does not pay for a verify pass 28% dearer than a token

@@ -246,12 +246,14 @@ class DraftLength:
     verify: VerifyCost = field(default_factory=VerifyCost)
     """The fit t_sync and t_extra come from."""
 
-    def _avg(self, old: float | None, new: float) -> float:
+    def _avg(self, old: float | None, new: float, past: float | None = None, ceiling: float = 2.0) -> float:
+        """old moved toward new, keeping `past` of it (default `decay`); new taken at most `ceiling` times old."""
+        past = self.decay if past is None else past
         if old is None or old <= 0:
-            return new if old is None else (1 - self.decay) * new
+            return new if old is None else (1 - past) * new
         # a step the OS or another process slowed down (or a lucky one) moves the estimate by a bounded amount
-        new = min(max(new, 0.5 * old), 2.0 * old)
-        return self.decay * old + (1 - self.decay) * new
+        new = min(max(new, 0.5 * old), ceiling * old)
+        return past * old + (1 - past) * new
 
     def can_pay(self, t_draft: float | None = None) -> bool:
         """False when even drafts that are always accepted could not beat plain decoding at any k (by the step
@@ -335,13 +337,8 @@ class DraftLength:
         as a verify step does: once every burst counted as much, and a single token stalled to twice its time
         on a shared host (20 against 9 ms) raised t_plain by a fifth, so that for the next several steps any
         draft with a 5% chance looked worth verifying (SmolLM2's "sky is blue" reply at 0.88x to 0.98x)."""
-        per_token = seconds / max(tokens, 1)
-        if self.t_plain is None or self.t_plain <= 0:
-            self.t_plain = per_token
-            return
-        per_token = min(max(per_token, 0.5 * self.t_plain), (1 + self.verify.band) * self.t_plain)
-        past = self.plain_decay ** max(tokens, 1)
-        self.t_plain = past * self.t_plain + (1 - past) * per_token
+        past, ceiling = self.plain_decay ** max(tokens, 1), 1 + self.verify.band
+        self.t_plain = self._avg(self.t_plain, seconds / max(tokens, 1), past, ceiling)
 
     def record(self, drafted: int, accepted: int, t_draft: float, t_verify: float, tier: int = 0) -> None:
         """Update the estimates after a synchronous step that drafted `drafted` tokens of a proposal of this

@@ -20,7 +20,6 @@ namespace edge {
 
 namespace {
 
-
 struct Ptrs {
   const float *h, *attn_norm, *mlp_norm, *cos, *sin;
   half_t *k_cache, *v_cache;
