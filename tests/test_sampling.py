@@ -54,11 +54,21 @@ def reference64(logits: np.ndarray, s: Sampling) -> np.ndarray:
     return w / w.sum()
 
 
+def logit_cases(rng: np.random.Generator):
+    """Random logits, and two shapes a language model's take: a few ids far above a long tail (min-p keeps
+    them, and top-p's cut falls inside or below them), and a dozen near-equal ids on top."""
+    for vocab, scale in ((50, 1.0), (2000, 3.0), (2000, 8.0), (49152, 4.0)):
+        yield rng.standard_normal(vocab).astype(np.float32) * scale
+    for head in ([14.0, 12.5, 11.0], [14.0, 13.9], [14.0, 11.5, 11.4, 11.3, 11.2], 12 + rng.random(12) * 0.5):
+        logits = rng.standard_normal(49152).astype(np.float32) * 2
+        logits[: len(head)] = head
+        yield rng.permutation(logits)
+
+
 @pytest.mark.parametrize("s", SETTINGS, ids=lambda s: f"t{s.temperature}-p{s.top_p}-min{s.min_p}-k{s.top_k}")
 def test_filters_give_mlx_lms_distribution(s):
-    rng = np.random.default_rng(0)
-    for vocab, scale in ((50, 1.0), (2000, 3.0), (2000, 8.0), (49152, 4.0)):
-        logits = rng.standard_normal(vocab).astype(np.float32) * scale
+    for logits in logit_cases(np.random.default_rng(0)):
+        vocab = logits.size
         got = Filters(s)(mx.array(logits[None]))[0]
         assert abs(got.probs.sum() - 1) < 1e-9 and len(set(got.ids.tolist())) == got.ids.size
         exact = reference64(logits, s)
