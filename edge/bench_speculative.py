@@ -160,6 +160,8 @@ def run_speculative_bench(model, args) -> int:
                 exact = args.temperature == 0 or getattr(drafter, "deterministic", False)
                 runs.setdefault((name, cls), []).append(_against(plain, _tally(decoded[name]), exact))
     rows = [_summary(name, cls, rs) for (name, cls), rs in runs.items()]
+    if args.temperature == 0:
+        _add_bounds(model, rows, drafters, prompts, {cls: runs[("plain", cls)][0]["outputs"] for cls in prompts})
     rows.sort(
         key=lambda r: (r["drafter"] != "plain", list(drafters).index(r["drafter"]) if r["drafter"] in drafters else -1)
     )
@@ -169,6 +171,26 @@ def run_speculative_bench(model, args) -> int:
     else:
         _print(model, rows, args)
     return 0
+
+
+def _add_bounds(model, rows: list[dict], drafters: dict, prompts: dict, outputs: dict) -> None:
+    """Greedy, on the rows of prompt lookup: `bound`, its ratio if every step had drafted exactly the tokens it
+    then kept (`speculative.bound`, replaying plain decoding's outputs), at `pass_costs` measured now (a pass
+    over 1, 2, ... k_max + 1 positions after the class's first prompt, relative to one position)."""
+    from .speculative import DraftLength, PromptLookup
+    from .speculative.bound import bound, kept_per_step, pass_costs
+
+    k = DraftLength().k_max
+    for row in rows:
+        drafter = drafters.get(row["drafter"])
+        if not isinstance(drafter, PromptLookup):
+            continue
+        cls = row["prompt_class"]
+        costs = pass_costs(model, prompts[cls][0], k + 1)
+        steps = [
+            n for p, out in zip(prompts[cls], outputs[cls], strict=True) for n in kept_per_step(drafter, p, out, k)
+        ]
+        row.update(bound=bound(steps, costs), pass_costs=costs)
 
 
 def _against(plain: dict, r: dict, exact: bool) -> dict:
@@ -336,6 +358,14 @@ def _print(model, rows: list[dict], args) -> None:
             same,
         )
     Console().print(t)
+    for r in rows:
+        if r.get("bound"):
+            c = r["pass_costs"]
+            print(
+                f"{r['drafter']}, {r['prompt_class']}: at most {r['bound']:.2f}x had every step drafted exactly the "
+                f"tokens it kept (a pass over 2 / 4 / 8 / {len(c)} positions cost {c[1]:.2f} / {c[3]:.2f} / "
+                f"{c[7]:.2f} / {c[-1]:.2f} of one, measured now)"
+            )
     for r in rows:  # the peers' rows: what their ratio is against, and what went wrong
         if r.get("plain_tps"):
             what = "llama-cpp-python's LlamaPromptLookupDecoding" if r["drafter"] == "llama_cpp+lookup" else "mlx-lm"

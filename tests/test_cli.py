@@ -85,6 +85,10 @@ def test_bench_draft_prints_one_row_per_drafter_and_class(tmp_path, tokenizer):
             assert all(x > 0 for x in r["prompt_ratios"]) and r["worst_prompt"] == min(r["prompt_ratios"])
             # the drafting figures, summed over both runs: counts that agree with each other, and time verifying
             assert r["verify_steps"] > 0 and 0 <= r["accepted"] <= r["drafted"]
+            # greedy, prompt lookup's bound at pass costs measured in the run (1 to k_max + 1 positions)
+            assert ("bound" in r) == (r["drafter"] == "lookup")
+            if "bound" in r:
+                assert r["bound"] > 0 and len(r["pass_costs"]) == 13 and r["pass_costs"][0] == 1.0
             assert r["acceptance"] == r["accepted"] / r["drafted"]
             assert r["accepted_per_step"] == r["accepted"] / r["verify_steps"] <= 12
             assert r["draft_s"] >= 0.0 and r["verify_s"] > 0.0
@@ -92,7 +96,7 @@ def test_bench_draft_prints_one_row_per_drafter_and_class(tmp_path, tokenizer):
     sampled = ("--temperature", "0.8", "--top-p", "0.95", "--repeats", "1")
     proc = run_cli("bench", str(tmp_path / "model"), "--draft", "lookup", "--max-tokens", "12", "--json", *sampled)
     assert proc.returncode == 0, proc.stderr
-    assert all(r["identical"] is True for r in json.loads(proc.stdout))
+    assert all(r["identical"] is True and "bound" not in r for r in json.loads(proc.stdout))  # the bound: greedy
 
 
 def test_bench_samples_as_told(mlx_models):

@@ -107,3 +107,22 @@ def test_greedy_verification_reads_bf16_logits():
     """NumPy, whose argmax verification takes, has no bf16: such logits are widened first (exactly)."""
     logits = mx.array([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]], dtype=mx.bfloat16)
     assert accept_greedy(logits, [1]) == (1, 0) and accept_greedy(logits, [2]) == (0, 1)
+
+
+def test_the_lookup_bound_replays_what_each_step_would_keep():
+    """`speculative.bound`: replaying an output, each step keeps the proposed tokens the output agrees with
+    (never the output's last token: the target's own token settles it), and the bound weighs each step's
+    tokens against its pass's cost."""
+    from edge.speculative.bound import bound, kept_per_step
+
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8]
+    # 8 never occurred before: no proposal, 5 is the target's own. Then "5" proposes 6 7 8 5: 6 7 8 kept, 9 is
+    # the target's. Then "9" has no match: 1 is the target's.
+    output = [5, 6, 7, 8, 9, 1]
+    assert kept_per_step(PromptLookup(), prompt, output, k=12) == [0, 3, 0]
+    # two at a time: 6 7 kept, 8 the target's; then "5 6 7 8" proposes 5 6, and 9 disagrees
+    assert kept_per_step(PromptLookup(), prompt, output, k=2) == [0, 2, 0, 0]
+    assert kept_per_step(PromptLookup(), prompt, [5, 6, 7], k=12) == [0, 1]  # 7 ends the output: not a draft
+    costs = [1.0, 1.2, 1.4, 1.6]
+    assert bound([0, 3, 0], costs) == pytest.approx(6 / (1 + 1.6 + 1))
+    assert bound([0, 0], costs) == 1.0

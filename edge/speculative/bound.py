@@ -1,0 +1,57 @@
+"""The most a deterministic drafter's proposals could make: every step drafts exactly the tokens it then keeps.
+
+Replaying plain greedy outputs, a drafter whose proposals depend on the history alone (prompt lookup) proposes
+at each step what it would in the loop, and the output says how many of those the target keeps. A draft-length
+controller that knew this in advance would draft exactly those and pay one pass over that many + 1 positions
+(one plain step when none would be kept). With the passes' costs measured on this machine, that oracle's rate
+against plain decoding bounds what any controller can make of these proposals with this verify pass:
+`edge bench --draft lookup` reports it beside the measured ratio, so a shortfall says which of the two limits.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import mlx.core as mx
+
+from ..cache import trim_to
+
+
+def pass_costs(model, context: list[int], positions: int, repeats: int = 5) -> list[float]:
+    """Seconds of one target pass over 1, 2, ..., `positions` positions after `context` (the cache rolled back
+    after each; sizes interleaved, each the median of `repeats`), relative to one position's."""
+    cache = model.make_cache()
+    mx.eval(model.module(mx.array([context]), cache=cache))
+    probe = [context[i % len(context)] for i in range(positions)]
+    seconds: list[list[float]] = [[] for _ in range(positions)]
+    for _ in range(repeats):
+        for m in range(1, positions + 1):
+            start = time.perf_counter()
+            mx.eval(model.module(mx.array([probe[:m]]), cache=cache))
+            seconds[m - 1].append(time.perf_counter() - start)
+            trim_to(cache, len(context))
+    medians = [statistics.median(s) for s in seconds]
+    return [s / medians[0] for s in medians]
+
+
+def kept_per_step(drafter, prompt: list[int], output: list[int], k: int) -> list[int]:
+    """Replaying `output` after `prompt`: at each step, how many of the drafter's (up to k) proposed tokens the
+    target keeps; each step then settles those and one more (the target's own token)."""
+    history, done, steps = list(prompt), 0, []
+    drafter.prepare(history)
+    while done < len(output):
+        drafts, _ = drafter.propose(history, k, None)
+        kept = 0
+        while kept < min(len(drafts), len(output) - done - 1) and drafts[kept] == output[done + kept]:
+            kept += 1
+        steps.append(kept)
+        history += output[done : done + kept + 1]
+        done += kept + 1
+    return steps
+
+
+def bound(steps: list[int], costs: list[float]) -> float:
+    """Decode rate against plain decoding (one position a token) of the steps (`kept_per_step`): a step that
+    keeps n drafts yields n + 1 tokens for a pass over n + 1 positions (costs[n], relative to one)."""
+    return sum(n + 1 for n in steps) / sum(costs[n] for n in steps)
