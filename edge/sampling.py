@@ -184,8 +184,8 @@ def keep_top_p(a: np.ndarray, ids: np.ndarray | None, top_p: float, scratch: Scr
 
     `ids` given is a prefix of the ranking (the few min-p kept), so the mass above each of them is among
     them. When the mass above the last is below top_p of theirs (a lower bound of the vocabulary's, with a
-    margin for rounding), top-p keeps them all and the vocabulary's mass is never computed: a full exp,
-    0.11 ms on a 2-core AVX2 host, where NumPy's float32 exp is not vectorised."""
+    margin for rounding), top-p keeps them all and the vocabulary's mass is never computed (an exp over
+    SmolLM2's 49k logits: 0.07-0.11 ms on a 2-core AVX2 host)."""
     top = a.max()
     goal = None
     if ids is None:
