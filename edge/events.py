@@ -14,6 +14,8 @@ class Token:
 
     text: str
     token_ids: tuple[int, ...] = ()
+    """The ids this piece's text came from: the newest, and any before it that had no text of their own yet
+    (part of a character, a space or newline the detokenizer holds back)."""
 
 
 @dataclass(frozen=True)

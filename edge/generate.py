@@ -132,7 +132,7 @@ def stream_events(
         prefill_tokens=len(prompt) - reused,
         context_limit=context_limit,
     )
-    text, ids = [], []
+    text, ids, unsent = [], [], []  # unsent: ids whose text has not gone out in a Token yet
     reason: StopReason = "length" if max_tokens == sampling.max_tokens else "context"
     mx.reset_peak_memory()
     start = time.perf_counter()
@@ -171,11 +171,13 @@ def stream_events(
             ids.append(token)  # fed to the cache already; Chat needs it to reuse the cache next turn
             break
         ids.append(token)
+        unsent.append(token)
         detok.add_token(token)
         piece, hit = stops.feed(detok.last_segment)
-        if piece:
+        if piece:  # a token with no text yet (part of a character, a held-back space) goes with the next piece
             text.append(piece)
-            yield Token(piece, (token,))
+            yield Token(piece, tuple(unsent))
+            unsent.clear()
         if hit:
             reason = "stop"
             break
@@ -186,7 +188,7 @@ def stream_events(
         piece += "" if hit else stops.flush()
         if piece:
             text.append(piece)
-            yield Token(piece, ())
+            yield Token(piece, tuple(unsent))
     stats.ttft_s = first - start
     stats.prompt_tps = stats.prefill_tokens / max(stats.ttft_s, 1e-9)
     stats.generation_tokens = len(ids) - (reason == "eos")

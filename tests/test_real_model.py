@@ -25,6 +25,21 @@ def test_chat_answer_is_english_and_ends_at_end_of_turn(smollm2):
     assert len(words) >= 3 and sum(w.strip(".,!?").isalpha() for w in words) / len(words) > 0.7
 
 
+def test_streamed_pieces_carry_every_generated_id(smollm2):
+    """Token events carry every id of the reply, a token with no text of its own yet (SmolLM2 holds back its
+    newlines) with the next piece: together they are `Done.token_ids` but the end-of-turn id."""
+    from edge.bench_speculative import prompt_suite
+
+    model = edge.load(smollm2)
+    prompt = model.encode(prompt_suite()["grounded"][1], chat=True)  # a reply with a list, over several lines
+    events = list(model.stream(prompt, max_tokens=64))
+    pieces, done = events[:-1], events[-1]
+    sent = [i for e in pieces for i in e.token_ids]
+    assert sent == list(done.token_ids[: len(done.token_ids) - (done.reason == "eos")])
+    assert "".join(e.text for e in pieces) == done.text
+    assert any(len(e.token_ids) > 1 for e in pieces)  # some ids had no text of their own when they came
+
+
 def test_chat_reuses_cache_on_real_model(smollm2):
     chat = edge.Chat(edge.load(smollm2), system="You are concise.")
     first = list(chat.send("Name a fruit."))[-1]
