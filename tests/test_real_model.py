@@ -33,7 +33,7 @@ def test_streamed_pieces_carry_every_generated_id(smollm2):
     model = edge.load(smollm2)
     prompt = model.encode(prompt_suite()["grounded"][1], chat=True)  # a reply with a list, over several lines
     events = list(model.stream(prompt, max_tokens=64))
-    pieces, done = events[:-1], events[-1]
+    pieces, done = [e for e in events if isinstance(e, edge.Token)], events[-1]
     sent = [i for e in pieces for i in e.token_ids]
     assert sent == list(done.token_ids[: len(done.token_ids) - (done.reason == "eos")])
     assert "".join(e.text for e in pieces) == done.text
