@@ -175,8 +175,9 @@ def run_speculative_bench(model, args) -> int:
 
 def _add_bounds(model, rows: list[dict], drafters: dict, prompts: dict, outputs: dict) -> None:
     """Greedy, on the rows of prompt lookup: `bound`, its ratio if every step had drafted exactly the tokens it
-    then kept (`speculative.bound`, replaying plain decoding's outputs), at `pass_costs` measured now (a pass
-    over 1, 2, ... k_max + 1 positions after the class's first prompt, relative to one position)."""
+    then kept (`speculative.bound`, replaying plain decoding's outputs), and each prompt's (`prompt_bounds`), at
+    `pass_costs` measured now (a pass over 1, 2, ... k_max + 1 positions after the class's first prompt,
+    relative to one position)."""
     from .speculative import DraftLength, PromptLookup
     from .speculative.bound import bound, kept_per_step, pass_costs
 
@@ -187,10 +188,12 @@ def _add_bounds(model, rows: list[dict], drafters: dict, prompts: dict, outputs:
             continue
         cls = row["prompt_class"]
         costs = pass_costs(model, prompts[cls][0], k + 1)
-        steps = [
-            n for p, out in zip(prompts[cls], outputs[cls], strict=True) for n in kept_per_step(drafter, p, out, k)
-        ]
-        row.update(bound=bound(steps, costs), pass_costs=costs)
+        steps = [kept_per_step(drafter, p, out, k) for p, out in zip(prompts[cls], outputs[cls], strict=True)]
+        row.update(
+            bound=bound([n for s in steps for n in s], costs),
+            prompt_bounds=[bound(s, costs) for s in steps],  # beside `prompt_ratios`: the worst prompt's own room
+            pass_costs=costs,
+        )
 
 
 def _against(plain: dict, r: dict, exact: bool) -> dict:
