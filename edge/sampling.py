@@ -177,7 +177,7 @@ class Scratch:
         return np.greater_equal(a, floor, out=self.mask)
 
 
-def keep_top_p(a: np.ndarray, ids: np.ndarray | None, top_p: float, scratch: Scratch) -> np.ndarray:
+def keep_top_p(a: np.ndarray, ids: np.ndarray | None, top, top_p: float, scratch: Scratch) -> np.ndarray:
     """Of `ids` (None: all), those top-p keeps: ranked by probability, each whose mass above it is below top_p
     of the whole vocabulary's, and any tied with the last of them (mlx-lm's threshold). Only values are
     sorted, and only the nearest to the top that hold the nucleus (a few dozen of SmolLM2's 49k, typically).
@@ -186,7 +186,6 @@ def keep_top_p(a: np.ndarray, ids: np.ndarray | None, top_p: float, scratch: Scr
     them. When the mass above the last is below top_p of theirs (a lower bound of the vocabulary's, with a
     margin for rounding), top-p keeps them all and the vocabulary's mass is never computed (an exp over
     SmolLM2's 49k logits: 0.07-0.11 ms on a 2-core AVX2 host)."""
-    top = a.max()
     goal = None
     if ids is None:
         goal = top_p * _mass(a, top, scratch)
@@ -214,13 +213,13 @@ def _mass(a: np.ndarray, top, scratch: Scratch) -> float:
     return float(np.exp(np.subtract(a, top, out=scratch.weights), out=scratch.weights).sum(dtype=np.float64))
 
 
-def keep_min_p(a: np.ndarray, ids: np.ndarray | None, min_p: float, scratch: Scratch) -> np.ndarray:
+def keep_min_p(a: np.ndarray, ids: np.ndarray | None, top, min_p: float, scratch: Scratch) -> np.ndarray:
     """Of `ids` (None: all), those at least min_p times as probable as the most probable."""
-    floor = a.max() + np.float32(np.log(min_p))
+    floor = top + np.float32(np.log(min_p))
     return np.flatnonzero(scratch.at_least(a, floor)) if ids is None else ids[a[ids] >= floor]
 
 
-def keep_top_k(a: np.ndarray, ids: np.ndarray | None, top_k: int, scratch: Scratch) -> np.ndarray | None:
+def keep_top_k(a: np.ndarray, ids: np.ndarray | None, top_k: int) -> np.ndarray | None:
     """Of `ids` (None: all), the top_k most probable."""
     pool = np.arange(a.size) if ids is None else ids
     return pool[np.argpartition(-a[pool], top_k - 1)[:top_k]] if top_k < pool.size else ids
@@ -243,13 +242,14 @@ class Filters:
         if self.rng is None:
             self.rng = np.random.default_rng(self.sampling.seed)
         s = self.sampling
-        self.filters: list[Callable[[np.ndarray, np.ndarray | None, Scratch], np.ndarray | None]] = []
+        # each filter: (logits, ids kept so far or None for all, the largest logit, buffers) -> the ids it keeps
+        self.filters: list[Callable[[np.ndarray, np.ndarray | None, np.float32, Scratch], np.ndarray | None]] = []
         if s.min_p > 0:
-            self.filters.append(lambda a, ids, scratch: keep_min_p(a, ids, s.min_p, scratch))
+            self.filters.append(lambda a, ids, top, scratch: keep_min_p(a, ids, top, s.min_p, scratch))
         if 0 < s.top_p < 1:
-            self.filters.append(lambda a, ids, scratch: keep_top_p(a, ids, s.top_p, scratch))
+            self.filters.append(lambda a, ids, top, scratch: keep_top_p(a, ids, top, s.top_p, scratch))
         if s.top_k > 0:
-            self.filters.append(lambda a, ids, scratch: keep_top_k(a, ids, s.top_k, scratch))
+            self.filters.append(lambda a, ids, top, scratch: keep_top_k(a, ids, s.top_k))
         self.scratch: Scratch | None = None
 
     def __call__(self, logits: mx.array) -> Sequence[Candidates]:
@@ -262,11 +262,12 @@ class Filters:
     def candidates(self, a: np.ndarray) -> Candidates:
         if self.scratch is None or self.scratch.mask.size != a.size:
             self.scratch = Scratch(a.size)
+        top = a.max()  # once a row: every filter keeps the most probable id
         ids = None  # None: every id
         for keep in self.filters:
-            ids = keep(a, ids, self.scratch)
+            ids = keep(a, ids, top, self.scratch)
         kept = a if ids is None else a[ids]
-        weights = np.exp((kept - kept.max()) * np.float32(1.0 / self.sampling.temperature))
+        weights = np.exp((kept - top) * np.float32(1.0 / self.sampling.temperature))
         return Candidates(np.arange(a.size) if ids is None else ids, weights / weights.sum(dtype=np.float64), a.size)
 
 

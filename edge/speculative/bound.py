@@ -21,8 +21,11 @@ from ..cache import trim_to
 def pass_costs(model, context: list[int], positions: int, repeats: int = 5) -> list[float]:
     """Seconds of one target pass over 1, 2, ..., `positions` positions after `context` (the cache rolled back
     after each; sizes interleaved, each the median of `repeats`), relative to one position's."""
+    from ..generate import prefill
+
     cache = model.make_cache()
-    mx.eval(model.module(mx.array([context]), cache=cache))
+    prefill(model.module, mx.array(context), cache)  # all but the last token, as a request's prompt is
+    held = len(context) - 1
     probe = [context[i % len(context)] for i in range(positions)]
     seconds: list[list[float]] = [[] for _ in range(positions)]
     for _ in range(repeats):
@@ -30,7 +33,7 @@ def pass_costs(model, context: list[int], positions: int, repeats: int = 5) -> l
             start = time.perf_counter()
             mx.eval(model.module(mx.array([probe[:m]]), cache=cache))
             seconds[m - 1].append(time.perf_counter() - start)
-            trim_to(cache, len(context))
+            trim_to(cache, held)
     medians = [statistics.median(s) for s in seconds]
     return [s / medians[0] for s in medians]
 
