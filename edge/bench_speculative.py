@@ -10,6 +10,11 @@ prompt by prompt (plain, each drafter, the next prompt plain, ...), so drift on 
 sides of a ratio alike; the table gives medians (and the range of the ratios). Sampled, repeat r seeds every
 row's requests with r.
 
+The `control` row is plain decoding once more, after the drafters of each prompt: an engine identical to plain,
+so its ratios differ from 1 by noise alone. Its worst prompt says how far below 1 a prompt's ratio falls on this
+machine in this run with nothing to gain or lose (0.83-0.93x on a shared 2-core host at 3 repeats), which a
+drafter's worst prompt is read against.
+
 Peers run on the same prompts in a child process, each against its own plain decoding there: with a draft
 model and `--peers mlx_lm`, mlx-lm's `stream_generate(draft_model=...)` (it reports which tokens came
 `from_draft`, not how many it drafted); with lookup or auto and `--peers llama_cpp`, llama-cpp-python's
@@ -26,6 +31,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from .bench import LLAMA_CPP_LOAD, MLX_LM_SAMPLER, bench_sampling, describe_sampling, parse_peers
+from .errors import EdgeError
 from .events import Done
 from .sampling import Sampling
 
@@ -80,6 +86,10 @@ runs = [{cls: {name: [once(llm, ids, args["max_tokens"]) for ids in ps] for name
 print(json.dumps({"runs": runs}))
 """
 )
+
+
+CONTROL = "control"
+"""The row of plain decoding run again (see the module's docstring)."""
 
 
 def prompt_suite() -> dict[str, list[str]]:
@@ -141,6 +151,11 @@ def run_speculative_bench(model, args) -> int:
     names = [d.strip() for d in args.draft.split(",") if d.strip()]
     if names == ["all"]:
         names = ["lookup", "auto", "self:4"] + ([args.draft_model] if args.draft_model else [])
+    taken = [name for name in names if name in ("plain", CONTROL)]
+    if taken:
+        raise EdgeError(
+            f"--draft {taken[0]}: that name is a row of its own; give a draft model folder as a path (./{taken[0]})"
+        )
     drafters = {name: make_drafter(name, model) for name in names}
     runs: dict[tuple[str, str], list[dict]] = {}
     for repeat in range(max(1, args.repeats)):
@@ -148,13 +163,15 @@ def run_speculative_bench(model, args) -> int:
         for cls, ids in prompts.items():
             # interleaved by prompt: each drafter right after plain decoding of the same prompt, so a prompt's
             # own ratio compares runs a second apart, not a class apart (on a shared host, tens of seconds)
-            decoded: dict[str, list[dict]] = {name: [] for name in ["plain", *drafters]}
+            decoded: dict[str, list[dict]] = {name: [] for name in ["plain", *drafters, CONTROL]}
             for prompt in ids:
                 decoded["plain"].append(_decode(model, prompt, seeded, None))
                 for name, drafter in drafters.items():
                     decoded[name].append(_decode(model, prompt, seeded, drafter, args.draft_length))
+                decoded[CONTROL].append(_decode(model, prompt, seeded, None))
             plain = _tally(decoded["plain"])
             runs.setdefault(("plain", cls), []).append({**plain, "ratio": 1.0})
+            runs.setdefault((CONTROL, cls), []).append(_against(plain, _tally(decoded[CONTROL]), True))
             for name, drafter in drafters.items():
                 # sampled, only a deterministic drafter's output must be plain's own (same seed)
                 exact = args.temperature == 0 or getattr(drafter, "deterministic", False)
@@ -162,9 +179,8 @@ def run_speculative_bench(model, args) -> int:
     rows = [_summary(name, cls, rs) for (name, cls), rs in runs.items()]
     if args.temperature == 0:
         _add_bounds(model, rows, drafters, prompts, {cls: runs[("plain", cls)][0]["outputs"] for cls in prompts})
-    rows.sort(
-        key=lambda r: (r["drafter"] != "plain", list(drafters).index(r["drafter"]) if r["drafter"] in drafters else -1)
-    )
+    order = ["plain", CONTROL, *drafters]
+    rows.sort(key=lambda r: order.index(r["drafter"]))
     rows += _peer_rows(model, prompts, names, peers, args)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -209,7 +225,7 @@ def _summary(name: str, cls: str, runs: list[dict]) -> dict:
     """One row from the repeats: median tok/s and ratio, identical in every run, and the drafting figures
     summed over all runs (acceptance, accepted drafts per verify step, seconds drafting and verifying) where
     the engine reports them (edge's)."""
-    counted = name != "plain" and "drafted" in runs[0]
+    counted = name not in ("plain", CONTROL) and "drafted" in runs[0]
     total = {k: sum(r.get(k, 0) for r in runs) for k in ("drafted", "accepted", "verify_steps", "draft_s", "verify_s")}
     drafted, accepted = total["drafted"], total["accepted"]
     ratios = [r["ratio"] for r in runs if r["ratio"] is not None]
@@ -361,6 +377,12 @@ def _print(model, rows: list[dict], args) -> None:
             same,
         )
     Console().print(t)
+    for r in rows:
+        if r["drafter"] == CONTROL and r.get("worst_prompt"):
+            print(
+                f"control, {r['prompt_class']}: plain decoding again; noise alone took a prompt's ratio to "
+                f"{r['worst_prompt']:.2f}x in this run (more --repeats narrow it)"
+            )
     for r in rows:
         if r.get("bound"):
             c = r["pass_costs"]

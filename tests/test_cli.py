@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_bad_input import run_cli
+
+from edge.errors import EdgeError
 
 
 def test_convert_generate_info(gguf_model, tmp_path):
@@ -71,13 +74,20 @@ def test_bench_draft_prints_one_row_per_drafter_and_class(tmp_path, tokenizer):
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert {(r["drafter"], r["prompt_class"]) for r in rows} == {
-        (d, c) for d in ("plain", "lookup", "auto") for c in ("grounded", "open")
+        (d, c) for d in ("plain", "control", "lookup", "auto") for c in ("grounded", "open")
     }
     for r in rows:
         assert {"drafter", "prompt_class", "decode_tps", "ratio", "acceptance", "identical"} <= set(r)
         assert r["decode_tps"] > 0 and r["identical"] is True and r["runs"] == 2
         if r["drafter"] == "plain":
             assert r["ratio"] == 1.0
+        elif r["drafter"] == "control":  # plain decoding again: its ratios are noise, its output plain's own
+            assert r["acceptance"] is None and "drafted" not in r and "bound" not in r
+            assert len(r["prompt_ratios"]) == len(prompt_suite()[r["prompt_class"]])
+            assert (
+                r["worst_prompt"] == min(r["prompt_ratios"])
+                and r["ratio_range"][0] <= r["ratio"] <= r["ratio_range"][1]
+            )
         else:
             assert 0.0 <= r["acceptance"] <= 1.0 and r["ratio_range"][0] <= r["ratio"] <= r["ratio_range"][1]
             # each prompt's own ratio (median of the 2 runs), the worst of them in the table
@@ -195,7 +205,12 @@ def test_bench_draft_interleaves_by_prompt(tmp_path, tokenizer, monkeypatch, cap
         ["bench", "--draft", "lookup,auto", "--max-tokens", "3", "--repeats", "1", "--json"]
     )
     assert bench.run_speculative_bench(edge.load(tmp_path / "model"), args) == 0
-    prompts = [ids for ids, name in calls if name == "plain"]
+    prompts = [ids for ids, name in calls if name == "lookup"]
     assert len(prompts) == sum(len(texts) for texts in bench.prompt_suite().values())
-    assert calls == [(ids, name) for ids in prompts for name in ("plain", "lookup", "auto")]
-    assert len(json.loads(capsys.readouterr().out)) == 6  # plain, lookup and auto, for each class
+    # plain decoding again last: the control row, as far from plain as the last drafter
+    assert calls == [(ids, name) for ids in prompts for name in ("plain", "lookup", "auto", "plain")]
+    assert len(json.loads(capsys.readouterr().out)) == 8  # plain, control, lookup and auto, for each class
+    # a draft folder named like a row is asked for by a path
+    args = build_parser().parse_args(["bench", "--draft", "lookup,control", "--max-tokens", "3", "--json"])
+    with pytest.raises(EdgeError, match=r"--draft control: .*\./control"):
+        bench.run_speculative_bench(edge.load(tmp_path / "model"), args)
