@@ -221,8 +221,6 @@ def test_a_draft_step_timed_alone_rules_out_a_drafter_that_could_never_pay(extra
 def test_plain_decoding_is_timed_by_the_spacing_of_its_tokens(monkeypatch, pipelined):
     """Where `generate` pipelines, a burst's last token comes right after the one before it (measured on an
     fp32 SmolLM2: ~5 ms against ~50 ms a token): that spacing is not plain decoding's cost and is left out."""
-    from types import SimpleNamespace
-
     from edge.speculative import decode
 
     clock = [0.0]
@@ -235,8 +233,7 @@ def test_plain_decoding_is_timed_by_the_spacing_of_its_tokens(monkeypatch, pipel
 
     monkeypatch.setattr(decode, "token_stream", stream)
     monkeypatch.setattr(decode, "pipelines", lambda module: pipelined)
-    monkeypatch.setattr(decode, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     controller, stats, tokens = DraftLength(), DraftStats("x"), [1]
-    burst = decode._plain_burst(None, tokens, None, None, [], 4, None, controller, stats)
+    burst = decode._plain_burst(None, tokens, None, None, [], 4, None, controller, stats, lambda: clock[0])
     assert list(burst) == [10, 11, 12, 13] and tokens == [1, 10, 11, 12, 13]
     assert controller.t_plain == pytest.approx(0.05) and stats.plain_steps == 4

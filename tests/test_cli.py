@@ -101,6 +101,7 @@ def test_bench_draft_prints_one_row_per_drafter_and_class(tmp_path, tokenizer):
                 assert r["bound"] > 0 and len(r["pass_costs"]) == 13 and r["pass_costs"][0] == 1.0
                 assert len(r["prompt_bounds"]) == len(r["prompt_ratios"]) and all(b > 0 for b in r["prompt_bounds"])
                 assert min(r["prompt_bounds"]) <= r["bound"] <= max(r["prompt_bounds"])  # a weighted mean of them
+                assert r["replayed"] > 0  # the loop at those costs on a virtual clock (test_drafters checks its sense)
             assert r["acceptance"] == r["accepted"] / r["drafted"]
             assert r["accepted_per_step"] == r["accepted"] / r["verify_steps"] <= 12
             assert r["draft_s"] >= 0.0 and r["verify_s"] > 0.0

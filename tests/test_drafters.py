@@ -126,3 +126,34 @@ def test_the_lookup_bound_replays_what_each_step_would_keep():
     costs = [1.0, 1.2, 1.4, 1.6]
     assert bound([0, 3, 0], costs) == pytest.approx(6 / (1 + 1.6 + 1))
     assert bound([0, 0], costs) == 1.0
+
+
+def test_the_replayed_loop_is_the_real_loop_on_a_virtual_clock(monkeypatch):
+    """`speculative.replay`: the loop and its controller, run on recorded greedy outputs with a stand-in target
+    whose passes cost what they are told to. Nothing to look up: every token is a plain step, exactly 1.0x. A
+    copied passage: faster than plain, and, where a pass's cost grows linearly with its positions (drafting
+    every token that will be kept is then the best a step can do), at most the bound; the same on every run."""
+    from edge.errors import EdgeError
+    from edge.speculative import replay
+    from edge.speculative.bound import bound, kept_per_step
+    from edge.speculative.replay import replayed
+
+    costs = [1.0 + 0.15 * n for n in range(13)]
+    fresh = list(range(100, 140))  # a reply of tokens the prompt never had: lookup stays idle
+    assert replayed(PromptLookup(), [[1, 2, 3]], [fresh], costs, eos=()) == 1.0
+    prompt = list(range(1, 81))
+    copies = [prompt[5:60], prompt[20:75] + [7], prompt[40:80]]  # passages of the prompt, one ending astray
+    ratio = replayed(PromptLookup(), [prompt] * 3, copies, costs, eos=())
+    steps = [n for c in copies for n in kept_per_step(PromptLookup(), prompt, c, 12)]
+    assert 1.5 < ratio <= bound(steps, costs)
+    assert replayed(PromptLookup(), [prompt] * 3, copies, costs, eos=()) == ratio
+
+    # a loop that emitted other tokens than the recorded ones is caught, not priced
+    class Wrong(replay._Recorded):
+        def __call__(self, ids, cache):
+            logits = super().__call__(ids, cache)
+            return mx.concatenate([logits[..., 1:], logits[..., :1]], axis=-1)  # every id one lower
+
+    monkeypatch.setattr(replay, "_Recorded", Wrong)
+    with pytest.raises(EdgeError, match="not the recorded greedy output"):
+        replayed(PromptLookup(), [prompt], [copies[0]], costs, eos=())

@@ -9,7 +9,7 @@ history on its next proposal.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Generator, Iterator
+from collections.abc import Callable, Collection, Generator, Iterator
 
 import mlx.core as mx
 import numpy as np
@@ -37,17 +37,19 @@ def _process(logits: mx.array, processors: list[LogitsProcessor], history: list[
     return mx.concatenate(rows, axis=0)
 
 
-def _plain_burst(module, tokens, cache, sampler, processors, n, stop, controller, stats) -> Generator[int, None, int]:
+def _plain_burst(
+    module, tokens, cache, sampler, processors, n, stop, controller, stats, clock
+) -> Generator[int, None, int]:
     """Up to n plain tokens (`generate.token_stream`), appended to `tokens` as they come; returns how many. Their
     spacing is what plain decoding costs, what drafting must beat. Where `generate` pipelines, the last token
     comes soon after the one before it (~5 against ~50 ms a token on an fp32 SmolLM2 on the CPU), so that
     spacing is left out: with it, bursts of two tokens (ended by a new lookup match) measured plain decoding
     at 16 ms a token, and no draft ever looked worth verifying."""
-    start = time.perf_counter()
+    start = clock()
     times = []
     try:
         for token in token_stream(module, tokens[-1:], cache, sampler, processors, n, tokens, stop):
-            times.append(time.perf_counter())
+            times.append(clock())
             tokens.append(token)
             yield token
     finally:  # also when the reply ends inside the burst (an end-of-turn id, a stop string, a cancel)
@@ -71,9 +73,11 @@ def speculative_token_stream(
     stats: DraftStats,
     controller: DraftLength | None = None,
     eos: Collection[int] = (),
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Iterator[int]:
     """Yield up to `max_tokens` ids; `prompt` is the part of `history` not yet in `cache`. Drafts after an `eos`
-    id are not verified: the reply ends there if it is accepted."""
+    id are not verified: the reply ends there if it is accepted. `clock` times the steps for the controller
+    (`replay.py` runs the loop on a virtual one)."""
     from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
     if not can_trim_prompt_cache(cache):
@@ -98,7 +102,7 @@ def speculative_token_stream(
                 # burst measures plain decoding's cost as the warmup would
                 stop = lambda seen=tokens: not idle(seen)  # noqa: E731
                 produced += yield from _plain_burst(
-                    module, tokens, cache, sampler, processors, max_tokens - produced, stop, controller, stats
+                    module, tokens, cache, sampler, processors, max_tokens - produced, stop, controller, stats, clock
                 )
                 continue
             tier = tier_of(tokens) if tier_of else 0
@@ -109,16 +113,16 @@ def speculative_token_stream(
                 # (the burst then starts no further step: nothing wasted)
                 stop = (lambda seen=tokens, now=tier: tier_of(seen) > now) if tier_of else None
                 produced += yield from _plain_burst(
-                    module, tokens, cache, sampler, processors, burst, stop, controller, stats
+                    module, tokens, cache, sampler, processors, burst, stop, controller, stats, clock
                 )
                 continue
-            start = time.perf_counter()
+            start = clock()
             drafts, q = drafter.propose(tokens, k, distribution) if k > 0 else ([], None)
             drafts = drafts[:k]
             ends = next((i for i, t in enumerate(drafts) if t in eos), None)
             if ends is not None:  # a copied passage that ran into the end of a turn: nothing after it is used
                 drafts = drafts[: ends + 1]
-            mid = time.perf_counter()
+            mid = clock()
             logits = _process(module(mx.array(tokens[-1:] + drafts)[None], cache=cache)[0], processors, tokens, drafts)
             if distribution is None:
                 n, nxt = accept_greedy(logits, drafts)
@@ -126,7 +130,7 @@ def speculative_token_stream(
                 n, nxt = accept_sampled(distribution(logits), drafts, q[: len(drafts)] if q is not None else None, rng)
             if len(drafts) > n:
                 trim_prompt_cache(cache, len(drafts) - n)  # roll back the rejected positions
-            end = time.perf_counter()
+            end = clock()
             uncounted = getattr(drafter, "uncounted_s", 0.0)  # a draft model's catch-up, auto's second drafter
             controller.record(len(drafts), n, mid - start - uncounted, end - mid, tier)
             stats.record(len(drafts), n, mid - start, end - mid)
