@@ -55,12 +55,19 @@ class _Recorded:
 
 
 def replayed(
-    drafter, prompts: list[list[int]], outputs: list[list[int]], costs: list[float], eos: Collection[int]
+    drafter,
+    prompts: list[list[int]],
+    outputs: list[list[int]],
+    costs: list[float],
+    eos: Collection[int],
+    length: int | None = None,
 ) -> float:
     """Decode rate against plain decoding (a plain token costs one) of the speculative loop replaying each
     greedy output after its prompt with `drafter`, the prompts in order on one stand-in target, so that what
     the controller measured is carried from request to request as in a session. Every token counts, from the
-    first step after the prompt's prefill on, as `bound.bound` counts them."""
+    first step after the prompt's prefill on, as `bound.bound` counts them. `length`: draft exactly that many
+    a step instead (the adaptive controller's yardstick)."""
+    from .adaptive import DraftLength
     from .decode import speculative_token_stream
 
     pairs = [(list(prompt), list(output)) for prompt, output in zip(prompts, outputs, strict=True)]
@@ -79,6 +86,7 @@ def replayed(
                 prompt,
                 drafter,
                 DraftStats(drafter.name),
+                None if length is None else DraftLength(k_start=length, adaptive=False),
                 eos=eos,
                 clock=target.clock,
             )
