@@ -11,9 +11,9 @@ sides of a ratio alike; the table gives medians (and the range of the ratios). S
 row's requests with r.
 
 The `control` row is plain decoding once more, after the drafters of each prompt: an engine identical to plain,
-so its ratios differ from 1 by noise alone. Its worst prompt says how far below 1 a prompt's ratio falls on this
-machine in this run with nothing to gain or lose (0.83-0.93x on a shared 2-core host at 3 repeats), which a
-drafter's worst prompt is read against.
+so its ratios differ from 1 by noise alone. Its worst prompt says how far below 1 a prompt's ratio falls on
+this machine in this run with nothing to gain or lose (0.86x to 0.96x on a shared 2-core host at 5 to 8
+repeats), which a drafter's worst prompt is read against.
 
 Peers run on the same prompts in a child process, each against its own plain decoding there: with a draft
 model and `--peers mlx_lm`, mlx-lm's `stream_generate(draft_model=...)` (it reports which tokens came
