@@ -121,6 +121,22 @@ def test_step_costs_are_fitted_over_every_step_and_recover_from_a_cold_first_one
     assert c.t_sync + 12 * c.t_extra == pytest.approx(true_sync + 12 * true_extra, rel=0.02)
 
 
+def test_a_stalled_first_verify_step_does_not_price_out_longer_drafts_for_good():
+    """A first multi-position step stalled to 3.5x its cost (a shared host) fits a slope of ~2 passes a
+    position; the one-draft steps after it fix only the line's value at k = 1. The intercept is held to at
+    least `least` of plain decoding's token, so the slope comes back down: once it sank to a tenth of a pass
+    and held a slope of ~2 under the ridge, and no second draft was ever worth it again."""
+    sync, extra = 1.0, 0.17  # one position, each further one (a CPU's verify pass, in plain tokens)
+    c = DraftLength(t_plain=sync, accepts=[Acceptance(first=0.85, more=0.85)])
+    c.record(0, 0, t_draft=0.0, t_verify=sync)
+    c.record(4, 4, t_draft=0.0, t_verify=3.5 * (sync + 4 * extra))
+    assert c.t_extra > 1.0  # poisoned
+    for _ in range(30):
+        c.record(1, 1, t_draft=0.0, t_verify=sync + extra)
+    assert c.t_sync >= c.verify.least * c.t_plain and c.t_extra < 0.5
+    assert c.choose(12) >= 2  # drafts of 85% acceptance at 17% a position pay past one
+
+
 def test_each_draft_length_keeps_its_own_measured_cost():
     """Verify costs are not linear in k (edge's AVX-512 kernel splits a pass of 13 positions or more in two):
     once steps of 12 or more drafts are measured slower than the line through the others, the controller stops

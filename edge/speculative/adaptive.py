@@ -135,6 +135,12 @@ class VerifyCost:
     """k -> decayed [sum of seconds, weight] of the steps that drafted k."""
     own_weight: float = 2.0
     """Steps of a k after which its own mean counts as much as the line."""
+    least: float = 0.7
+    """t_sync is at least this fraction of plain decoding's token (on a CPU the same pass; on a GPU, where plain
+    decoding pipelines, more). Without it, a stalled first verify step (5 positions at 3.5x their cost)
+    fitted a slope of ~2 passes a position; the steps after it drafted one token each, which fix only the
+    line's value at k = 1 while the ridge held the slope, so the intercept sank to a tenth of a pass and no
+    longer draft ever looked worth it (replayed on a noisy clock: 1 run in 8, 1.40x against 1.64x)."""
     fade: float = 0.97
     """Every step, each k's record fades by this much: a k not drafted for ~30 steps (its cost measured when
     the machine was busier, say) goes back to the line, not kept pessimistic for good."""
@@ -197,7 +203,10 @@ class VerifyCost:
         if slope is None:
             return mean_t, None
         slope = max(slope, 0.0)
-        return max(mean_t - slope * mean_k, 0.1 * mean_t), slope
+        floor = max(0.1 * mean_t, self.least * (t_plain or 0.0))
+        if mean_t - slope * mean_k < floor and mean_k > 0:  # the line through the mean from the floor
+            return floor, max((mean_t - floor) / mean_k, 0.0)
+        return mean_t - slope * mean_k, slope
 
     def _add(self, k: int, seconds: float) -> None:
         d = self.decay
