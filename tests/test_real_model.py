@@ -154,12 +154,12 @@ def test_the_adaptive_draft_length_beats_every_fixed_one(smollm2):
     from edge.speculative.replay import replayed
 
     model = edge.load(smollm2)
+    eos = model.tokenizer.eos_token_ids
     stepped = [1.0, 1.17, 1.35, 1.6, 2.15, 2.35, 2.55, 2.75, 3.3, 3.5, 3.75, 4.0, 4.7]
     even = list(np.interp(range(1, 14), [1, 8, 12, 13], [1.0, 2.06, 3.05, 3.7]))
     for texts in prompt_suite().values():
         prompts = [model.encode(t, chat=True) for t in texts]
         outputs = [list(model.stream(p, max_tokens=128))[-1].token_ids for p in prompts]
-        eos = model.tokenizer.eos_token_ids
         for costs in (stepped, even):
             adaptive = replayed(PromptLookup(), prompts, outputs, costs, eos)
             fixed = [replayed(PromptLookup(), prompts, outputs, costs, eos, k) for k in range(1, 13)]

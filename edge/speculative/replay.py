@@ -20,6 +20,8 @@ from ..cache import OffsetCache
 from ..errors import EdgeError
 from ..events import DraftStats
 from ..sampling import Sampling
+from .adaptive import DraftLength
+from .decode import speculative_token_stream
 
 
 class _Cache(OffsetCache):
@@ -67,9 +69,6 @@ def replayed(
     the controller measured is carried from request to request as in a session. Every token counts, from the
     first step after the prompt's prefill on, as `bound.bound` counts them. `length`: draft exactly that many
     a step instead (the adaptive controller's yardstick)."""
-    from .adaptive import DraftLength
-    from .decode import speculative_token_stream
-
     pairs = [(list(prompt), list(output)) for prompt, output in zip(prompts, outputs, strict=True)]
     target = _Recorded(costs, max(max(p + o) for p, o in pairs) + 1)
     tokens, seconds = 0, 0.0
