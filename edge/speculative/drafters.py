@@ -12,6 +12,7 @@ drafts apart; and say when it has none, `idle(tokens)`: the loop then decodes pl
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -129,10 +130,11 @@ class PromptLookup:
 class ModelDrafter:
     """A smaller model (or a lower-bit copy of the target) with its own KV cache, drafting autoregressively."""
 
-    def __init__(self, module, name: str):
+    def __init__(self, module, name: str, clock: Callable[[], float] = time.perf_counter):
+        """`clock` times its steps, as the loop's (a test runs both on one virtual clock)."""
         from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache
 
-        self.module, self.name = module, name
+        self.module, self.name, self.clock = module, name, clock
         self.first_k = 1  # a draft model may be slower than the target: find out after one token
         self.cache = make_prompt_cache(module)
         if not can_trim_prompt_cache(self.cache):
@@ -148,9 +150,9 @@ class ModelDrafter:
     def _time_step(self) -> float:
         """One token's step on the empty cache, the second of two (the first can be a cold start's)."""
         for token in (0, 0):
-            start = time.perf_counter()
+            start = self.clock()
             mx.eval(self.module(mx.array([[token]]), cache=self.cache))
-        seconds = time.perf_counter() - start
+        seconds = self.clock() - start
         trim_to(self.cache, 0)
         return seconds
 
@@ -167,10 +169,10 @@ class ModelDrafter:
 
         if end <= len(self.cached):
             return 0.0
-        start = time.perf_counter()
+        start = self.clock()
         prefill(self.module, mx.array(tokens[len(self.cached) : end + 1]), self.cache)
         self.cached = list(tokens[:end])
-        return time.perf_counter() - start
+        return self.clock() - start
 
     def sync(self, tokens: list[int]) -> None:
         keep = common_prefix(self.cached, tokens)
