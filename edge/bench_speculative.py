@@ -192,10 +192,12 @@ def run_speculative_bench(model, args) -> int:
 def _add_bounds(model, rows: list[dict], drafters: dict, prompts: dict, outputs: dict) -> None:
     """Greedy, on the rows of prompt lookup: `bound`, its ratio if every step had drafted exactly the tokens it
     then kept (`speculative.bound`, replaying plain decoding's outputs), each prompt's (`prompt_bounds`), and
-    `replayed`, what the loop itself makes of those outputs (`speculative.replay`), all at `pass_costs` measured
-    now (a pass over 1, 2, ... k_max + 1 positions after the class's first prompt, relative to one position)."""
+    `replayed`, what the loop itself makes of those outputs (`speculative.replay`), and `any_match_bound`, the
+    bound had each step kept the best of every earlier match (tree verification's ceiling), all at
+    `pass_costs` measured now (a pass over 1, 2, ... k_max + 1 positions after the class's first prompt,
+    relative to one position)."""
     from .speculative import DraftLength, PromptLookup
-    from .speculative.bound import bound, kept_per_step, pass_costs
+    from .speculative.bound import bound, kept_by_any_match, kept_per_step, pass_costs
     from .speculative.replay import replayed
 
     k = DraftLength().k_max
@@ -211,6 +213,10 @@ def _add_bounds(model, rows: list[dict], drafters: dict, prompts: dict, outputs:
             prompt_bounds=[bound(s, costs) for s in steps],  # beside `prompt_ratios`: the worst prompt's own room
             # the loop and its controller at the same costs, on a virtual clock: from a fresh drafter
             replayed=replayed(PromptLookup(), prompts[cls], outputs[cls], costs, model.tokenizer.eos_token_ids),
+            any_match_bound=bound(
+                [n for p, out in zip(prompts[cls], outputs[cls], strict=True) for n in kept_by_any_match(p, out, k)],
+                costs,
+            ),
             pass_costs=costs,
         )
 
@@ -392,7 +398,9 @@ def _print(model, rows: list[dict], args) -> None:
             print(
                 f"{r['drafter']}, {r['prompt_class']}: at most {r['bound']:.2f}x had every step drafted exactly the "
                 f"tokens it kept; the loop replayed at those costs makes {r['replayed']:.2f}x (a pass over 2 / 4 / "
-                f"8 / {len(c)} positions cost {c[1]:.2f} / {c[3]:.2f} / {c[7]:.2f} / {c[-1]:.2f} of one, measured now)"
+                f"8 / {len(c)} positions cost {c[1]:.2f} / {c[3]:.2f} / {c[7]:.2f} / {c[-1]:.2f} of one, measured now); "
+                f"keeping the best of every earlier match, as verifying them all at no extra cost would, at most "
+                f"{r['any_match_bound']:.2f}x"
             )
     for r in rows:  # the peers' rows: what their ratio is against, and what went wrong
         if r.get("plain_tps"):

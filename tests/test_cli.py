@@ -102,6 +102,7 @@ def test_bench_draft_prints_one_row_per_drafter_and_class(tmp_path, tokenizer):
                 assert len(r["prompt_bounds"]) == len(r["prompt_ratios"]) and all(b > 0 for b in r["prompt_bounds"])
                 assert min(r["prompt_bounds"]) <= r["bound"] <= max(r["prompt_bounds"])  # a weighted mean of them
                 assert r["replayed"] > 0  # the loop at those costs on a virtual clock (test_drafters checks its sense)
+                assert r["any_match_bound"] > 0  # tree verification's ceiling (test_drafters checks its sense)
             assert r["acceptance"] == r["accepted"] / r["drafted"]
             assert r["accepted_per_step"] == r["accepted"] / r["verify_steps"] <= 12
             assert r["draft_s"] >= 0.0 and r["verify_s"] > 0.0

@@ -128,6 +128,28 @@ def test_the_lookup_bound_replays_what_each_step_would_keep():
     assert bound([0, 0], costs) == 1.0
 
 
+def test_any_match_keeps_what_the_best_earlier_occurrence_would():
+    """`kept_by_any_match`, tree verification's ceiling: each step keeps the most of any earlier match's
+    continuation; lookup proposes one of them (the latest occurrence of the longest suffix), so at the same
+    history it never keeps more."""
+    import random
+
+    from edge.speculative.bound import kept_by_any_match, kept_per_step
+
+    # "1" was followed by 2 3 and, later, by 4: lookup proposes 4 (kept 0, 2 is the target's), then "1 2"
+    # proposes 3 (kept, 9 the target's); any match continues the first "1": 2 3 kept at once
+    prompt, output = [1, 2, 3, 1, 4, 1], [2, 3, 9]
+    assert kept_per_step(PromptLookup(), prompt, output, k=12) == [0, 1]
+    assert kept_by_any_match(prompt, output, k=12) == [2]
+    assert kept_by_any_match(prompt, output, k=1) == [1, 0]
+    assert kept_by_any_match([5, 6, 7], [8, 9], k=12) == [0, 0]  # nothing to match
+    rng = random.Random(0)
+    for _ in range(200):
+        history = [rng.randrange(5) for _ in range(rng.randrange(2, 40))]
+        rest = [rng.randrange(5) for _ in range(rng.randrange(2, 12))]
+        assert kept_by_any_match(history, rest, 8)[0] >= kept_per_step(PromptLookup(), history, rest, 8)[0]
+
+
 def test_the_replayed_loop_is_the_real_loop_on_a_virtual_clock(monkeypatch):
     """`speculative.replay`: the loop and its controller, run on recorded greedy outputs with a stand-in target
     whose passes cost what they are told to. Nothing to look up: every token is a plain step, exactly 1.0x. A

@@ -54,6 +54,34 @@ def kept_per_step(drafter, prompt: list[int], output: list[int], k: int) -> list
     return steps
 
 
+def kept_by_any_match(prompt: list[int], output: list[int], k: int, max_ngram: int = 5) -> list[int]:
+    """As `kept_per_step`, but each step keeps the most that the continuation of any earlier occurrence of any
+    n-gram suffix (n <= max_ngram) would have: what verifying every match at once (a tree of candidates) could
+    make, had its extra branches cost nothing. Prompt lookup proposes one of these (the latest occurrence of
+    the longest suffix), so at the same history this keeps at least as many; `edge bench --draft lookup`
+    reports its bound, the most tree verification could add on this machine."""
+    import numpy as np
+
+    history, done, steps = list(prompt), 0, []
+    while done < len(output):
+        h, rest = np.asarray(history), output[done : done + min(k, len(output) - done - 1)]
+        best = 0
+        for n in range(1, min(max_ngram, len(history) - 1) + 1):
+            starts = np.arange(len(history) - n)  # occurrences with a token after them
+            hits = np.ones(starts.size, bool)
+            for i in range(n):
+                hits &= h[starts + i] == h[len(history) - n + i]
+            for s in starts[hits] + n:
+                kept = 0
+                while kept < len(rest) and s + kept < len(history) and history[s + kept] == rest[kept]:
+                    kept += 1
+                best = max(best, kept)
+        steps.append(best)
+        history += output[done : done + best + 1]
+        done += best + 1
+    return steps
+
+
 def bound(steps: list[int], costs: list[float]) -> float:
     """Decode rate against plain decoding (one position a token) of the steps (`kept_per_step`): a step that
     keeps n drafts yields n + 1 tokens for a pass over n + 1 positions (costs[n], relative to one)."""
