@@ -14,6 +14,7 @@ import statistics
 import time
 
 import mlx.core as mx
+import numpy as np
 
 from ..cache import trim_to
 
@@ -60,8 +61,6 @@ def kept_by_any_match(prompt: list[int], output: list[int], k: int, max_ngram: i
     make, had its extra branches cost nothing. Prompt lookup proposes one of these (the latest occurrence of
     the longest suffix), so at the same history this keeps at least as many; `edge bench --draft lookup`
     reports its bound, the most tree verification could add on this machine."""
-    import numpy as np
-
     history, done, steps = list(prompt), 0, []
     while done < len(output):
         h, rest = np.asarray(history), output[done : done + min(k, len(output) - done - 1)]
