@@ -88,11 +88,14 @@ struct Vec {
 };
 #else
 struct Vec {
-  static constexpr int LANES = 8, TILE = 4, ROWS = 4;
-  // Two units from 2 rows on: each row's broadcast pair then serves two weight vectors (2 to 4 rows keep 4
-  // to 8 sums, 2 weight vectors, the chunks, the mask and the pair in 16 registers). Pinned (`pin`), one
+  static constexpr int LANES = 8, TILE = 4, ROWS = 5;
+  // Two units from 2 rows on: each row's broadcast pair then serves two weight vectors (2 to 5 rows keep 4
+  // to 10 sums, 2 weight vectors, the 2 chunks, the mask and the pair in 16 registers). Pinned (`pin`), one
   // core ran 1.3x-1.4x faster at 3 to 12 rows than with one unit (Zen 3, 1536 x 576, 4-bit), SmolLM2's
   // forward pass over 3 / 6 / 12 positions 12-20% / 10-28% / 5-21% faster; one row gained nothing from 2.
+  // 5 rows fill the 16 registers: a pass over 5 positions as one group instead of 3 + 2 cost 1.84-1.95 of
+  // one position against 2.03-2.28, over 9 as 5 + 4 instead of 3 + 3 + 3 3.04-3.15 against 3.31-3.66
+  // (SmolLM2, three runs each way, alternated); 6 rows (12 sums) spill and gained nothing over 3 + 3.
   static constexpr int units(int R) {
     return R == 1 ? TILE : 2;
   }
