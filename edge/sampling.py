@@ -203,7 +203,7 @@ def keep_top_p(a: np.ndarray, ids: np.ndarray | None, top, top_p: float, scratch
     if goal is None:
         if above[-1] < top_p * (above[-1] + mass[-1]) * (1 - 1e-6):
             return ids
-        goal = top_p * _mass(a, top, scratch)
+        goal = top_p * _total_mass(a, top, scratch)
     threshold = ranked[max(int(np.searchsorted(above, goal, side="left")), 1) - 1]
     return np.flatnonzero(scratch.at_least(a, threshold)) if ids is None else ids[a[ids] >= threshold]
 
@@ -211,6 +211,18 @@ def keep_top_p(a: np.ndarray, ids: np.ndarray | None, top, top_p: float, scratch
 def _mass(a: np.ndarray, top, scratch: Scratch) -> float:
     """The vocabulary's probability mass, relative to the most probable id's; the weights stay in scratch."""
     return float(np.exp(np.subtract(a, top, out=scratch.weights), out=scratch.weights).sum(dtype=np.float64))
+
+
+def _total_mass(a: np.ndarray, top, scratch: Scratch) -> float:
+    """`_mass` without the weights: by edge's CPU kernel where it is built (vectorised: ~20 us over SmolLM2's
+    49k logits against NumPy's ~150, which took ~250 in the decode loop, its caches cold after the forward
+    pass; the sums agree to ~1e-7), else by NumPy."""
+    from .kernels.cpu import load_extension
+
+    kernels = load_extension()
+    if kernels is None or a.dtype != np.float32 or not a.flags.c_contiguous:
+        return _mass(a, top, scratch)
+    return kernels.exp_mass(a, float(top))
 
 
 def keep_min_p(a: np.ndarray, ids: np.ndarray | None, top, min_p: float, scratch: Scratch) -> np.ndarray:

@@ -380,6 +380,29 @@ def test_avx512_paths_compile(build_cache, arch, simd):
     assert {n for n in names if n + b"\0" in binary} == {simd.encode()}
 
 
+def test_the_vocabulary_mass_matches_numpy_and_leaves_top_p_unchanged(monkeypatch):
+    """`exp_mass` (top-p's full-vocabulary sum) against NumPy's fp64 sum of fp32 exps, at lengths around its
+    blocks, with logits far below the top (clamped, not overflowing); top-p keeps the same ids either way."""
+    import edge.kernels.cpu as cpu
+    from edge.sampling import Filters, Sampling
+
+    rng = np.random.default_rng(3)
+    for n in (1, 7, 8, 511, 512, 513, 49152):
+        a = (rng.standard_normal(n) * 6).astype(np.float32)
+        a[: n // 3] -= 200.0  # exp underflows for these
+        top = a.max()
+        want = np.exp(a - top).sum(dtype=np.float64)
+        assert load_extension().exp_mass(a, float(top)) == pytest.approx(want, rel=1e-6)
+    rows = (rng.standard_normal((200, 4096)) * rng.uniform(1, 8, (200, 1))).astype(np.float32)
+    filters = Filters(Sampling(temperature=0.7, top_p=0.9, min_p=0.02))
+    fast = [filters.candidates(r) for r in rows]
+    monkeypatch.setattr(cpu, "_module", None)  # NumPy's sum
+    slow = [filters.candidates(r) for r in rows]
+    for f, s in zip(fast, slow, strict=True):
+        assert np.array_equal(f.ids, s.ids)
+        np.testing.assert_allclose(f.probs, s.probs, rtol=1e-12)
+
+
 def test_a_failed_build_falls_back_to_mlx_ops(monkeypatch):
     import edge.kernels.cpu as cpu
 

@@ -1,10 +1,12 @@
 // Python bindings (nanobind, in MLX's domain so mx.array arguments are shared with mlx.core).
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 #include <nanobind/stl/variant.h>
 #include <nanobind/stl/vector.h>
 
 #include "decoder.h"
 #include "quantized.h"
+#include "sampling.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -37,6 +39,14 @@ NB_MODULE(_edge_kernels, m) {
       nb::kw_only(),
       "stream"_a = nb::none(),
       "dequantize(w)[ids] in fp32 (an embedding lookup), for weights in edge's packed layout.");
+  m.def(
+      "exp_mass",
+      [](nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu> x, float top) {
+        return edge::exp_mass(x.data(), x.shape(0), top);
+      },
+      "x"_a,
+      "top"_a,
+      "sum(exp(x - top)) in fp64 over a contiguous fp32 vector (a row of logits), vectorised.");
   m.def("simd", &edge::simd_name, "The vector unit the kernels were compiled for.");
   nb::class_<edge::DecoderStack>(m, "DecoderStack", "A model's decoder layers, checked once, built in one call.")
       .def(nb::init<mlx::core::array, mlx::core::array>(), "cos"_a, "sin"_a)
