@@ -74,17 +74,20 @@ def test_a_drafter_starts_from_what_its_last_request_measured():
 
 
 def test_each_tier_of_proposal_is_judged_apart():
-    """Rejected ambiguous lookups switch tier 0 off; longer matches (92-95% first-token acceptance on
-    SmolLM2's prompts) keep drafting, each tier with its own estimate."""
+    """Ambiguous lookups start doubtful (first drafts kept 8-19% of the time) and are not drafted at all; an
+    untiered drafter's proposals are, until rejected ones switch them off; longer matches (92-95% first-token
+    acceptance on SmolLM2's prompts) keep drafting, each tier with its own estimate."""
+    priced = DraftLength(t_plain=0.010, t_sync=0.0105, t_extra=0.0024)  # a verify step's costs known
+    assert priced.choose(64, tier=1) == 0 and priced.choose(64) >= 1
     c = DraftLength(t_plain=0.010, t_sync=0.0105)
     for k in (4, 8, 4, 8, 4, 8):
         c.record(k, 0, t_draft=0.0, t_verify=0.0105 + k * 0.0024)  # weak proposals, all rejected
-    assert c.choose(64) == 0 and c.choose(64, tier=1) >= 1 and c.choose(64, tier=2) >= 2
-    assert c.choose(64, tier=3) >= 4
+    assert c.choose(64) == 0 and c.choose(64, tier=2) >= 1 and c.choose(64, tier=3) >= 2
+    assert c.choose(64, tier=4) >= 4
     for k in (4, 8) * 5:
-        c.record(k, 0, t_draft=0.0, t_verify=0.0105 + k * 0.0024, tier=3)  # and when the surest ones fail too
-    assert c.choose(64, tier=3) == 0 and c.choose(64, tier=2) >= 2
-    assert c.choose(64, tier=5) == 0  # a drafter's tiers past the priors' share the last one's estimate
+        c.record(k, 0, t_draft=0.0, t_verify=0.0105 + k * 0.0024, tier=4)  # and when the surest ones fail too
+    assert c.choose(64, tier=4) == 0 and c.choose(64, tier=3) >= 2
+    assert c.choose(64, tier=6) == 0  # a drafter's tiers past the priors' share the last one's estimate
 
 
 def test_one_slow_step_moves_the_cost_estimates_a_bounded_amount():
@@ -116,7 +119,7 @@ def test_step_costs_are_fitted_over_every_step_and_recover_from_a_cold_first_one
         c.record(k, k // 2, t_draft=0.0, t_verify=true_sync + k * true_extra)
     assert c.t_sync == pytest.approx(true_sync, rel=0.25) and c.t_extra == pytest.approx(true_extra, rel=0.5)
     for _ in range(40):
-        c.record(12, 12, t_draft=0.0, t_verify=true_sync + 12 * true_extra, tier=2)
+        c.record(12, 12, t_draft=0.0, t_verify=true_sync + 12 * true_extra, tier=3)
     assert c.t_sync == pytest.approx(true_sync, rel=0.25) and c.t_extra == pytest.approx(true_extra, rel=0.5)
     assert c.t_sync + 12 * c.t_extra == pytest.approx(true_sync + 12 * true_extra, rel=0.02)
 

@@ -16,15 +16,16 @@ def test_prompt_lookup_matches_and_tiers():
     look = PromptLookup()
     tokens = [1, 2, 3, 4, 5, 6, 9, 9, 2, 3, 4, 5]
     assert look.propose(tokens, 3)[0] == [6, 9, 9]  # 4-gram 2 3 4 5 seen before: continue it
-    assert look.tier(tokens) == 3
+    assert look.tier(tokens) == 4
     single = [1, 2, 3, 7, 8, 3]
-    assert look.propose(single, 2)[0] == [7, 8] and look.tier(single) == 1  # a single-token match
-    assert look.propose([9, 2, 3, 7, 2, 3], 2)[0] == [7, 2] and look.tier([9, 2, 3, 7, 2, 3]) == 2  # two tokens
+    assert look.propose(single, 2)[0] == [7, 8] and look.tier(single) == 2  # a single-token match
+    assert look.propose([9, 2, 3, 7, 2, 3], 2)[0] == [7, 2] and look.tier([9, 2, 3, 7, 2, 3]) == 3  # two tokens
+    # nothing matched: idle, tier 0 (ungraded: auto's second drafter proposes there)
     assert look.propose([1, 2, 3], 4)[0] == [] and look.tier([1, 2, 3]) == 0 and look.idle([1, 2, 3])
-    ambiguous = [3, 7, 1, 3, 8, 2, 3]  # 3 was followed by 7, then by 8: the latest is proposed, in tier 0
-    assert look.propose(ambiguous, 2)[0] == [8, 2] and look.tier(ambiguous) == 0 and not look.idle(ambiguous)
-    assert look.tier(ambiguous + [8]) == 2  # 3 8 has one continuation
-    assert look.tier([3, 7, 1, 3, 7, 2, 3]) == 1  # followed by 7 twice: not ambiguous
+    ambiguous = [3, 7, 1, 3, 8, 2, 3]  # 3 was followed by 7, then by 8: the latest is proposed, in tier 1
+    assert look.propose(ambiguous, 2)[0] == [8, 2] and look.tier(ambiguous) == 1 and not look.idle(ambiguous)
+    assert look.tier(ambiguous + [8]) == 3  # 3 8 has one continuation
+    assert look.tier([3, 7, 1, 3, 7, 2, 3]) == 2  # followed by 7 twice: not ambiguous
     assert look.propose([5, 6, 5, 6, 5], 8)[0] == [6, 5]  # the most recent occurrence, cut at the end
 
 

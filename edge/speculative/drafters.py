@@ -46,9 +46,9 @@ class PromptLookup:
 
     No model: the n-grams of the history are indexed as it grows (a dictionary per n from each n-gram to its
     latest start), so a step's search is a few lookups, not a scan (a NumPy scan of a few hundred tokens
-    cost 0.3 ms a step, 6% of a decode step). Proposals come in tiers, which the loop judges apart: tier 0
-    when the matched n-gram has been followed by different tokens (or nothing matched), else 1 + how many of
-    `tiers` the match length reaches. Replaying SmolLM2's greedy benchmark outputs, the first drafted token
+    cost 0.3 ms a step, 6% of a decode step). Proposals come in tiers, which the loop judges apart: tier 1
+    when the matched n-gram has been followed by different tokens, else 2 + how many of `tiers` the match
+    length reaches (tier 0, ungraded, is nothing matched: `auto`'s second drafter proposes there). Replaying SmolLM2's greedy benchmark outputs, the first drafted token
     of an ambiguous single-token match was right 8-25% of the time on grounded prompts, of an unambiguous
     one in the prompt 73%; of a two- or three-token match 56-82%, of a longer one 92-95%.
     """
@@ -56,7 +56,7 @@ class PromptLookup:
     max_ngram: int = 5
     min_ngram: int = 1
     tiers: tuple[int, ...] = (2, 4)
-    """Match lengths at which an unambiguous proposal moves up a tier (tier 1 below the first)."""
+    """Match lengths at which an unambiguous proposal moves up a tier (tier 2 below the first)."""
     name: str = "lookup"
     deterministic = True
     """Its drafts depend on the history alone: sampled with a seed, the output is plain sampling's own."""
@@ -114,7 +114,7 @@ class PromptLookup:
 
     def tier(self, tokens: list[int]) -> int:
         n, _, ambiguous = self._match(tokens)
-        return 0 if ambiguous else 1 + sum(n >= t for t in self.tiers)
+        return 0 if n == 0 else 1 if ambiguous else 2 + sum(n >= t for t in self.tiers)
 
     def idle(self, tokens: list[int]) -> bool:
         """Nothing to propose: no n-gram suffix of `tokens` occurred before."""
