@@ -48,9 +48,10 @@ class PromptLookup:
     latest start), so a step's search is a few lookups, not a scan (a NumPy scan of a few hundred tokens
     cost 0.3 ms a step, 6% of a decode step). Proposals come in tiers, which the loop judges apart: tier 1
     when the matched n-gram has been followed by different tokens, else 2 + how many of `tiers` the match
-    length reaches (tier 0, ungraded, is nothing matched: `auto`'s second drafter proposes there). Replaying SmolLM2's greedy benchmark outputs, the first drafted token
-    of an ambiguous single-token match was right 8-25% of the time on grounded prompts, of an unambiguous
-    one in the prompt 73%; of a two- or three-token match 56-82%, of a longer one 92-95%.
+    length reaches (tier 0, ungraded, is nothing matched: `auto`'s second drafter proposes there).
+    Replaying SmolLM2's greedy benchmark outputs, the first drafted token of an ambiguous single-token match
+    was right 8-25% of the time on grounded prompts, of an unambiguous one in the prompt 73%; of a two- or
+    three-token match 56-82%, of a longer one 92-95%.
     """
 
     max_ngram: int = 5
