@@ -398,8 +398,8 @@ def _print(model, rows: list[dict], args) -> None:
             print(
                 f"{r['drafter']}, {r['prompt_class']}: at most {r['bound']:.2f}x had every step drafted exactly the "
                 f"tokens it kept; the loop replayed at those costs makes {r['replayed']:.2f}x (a pass over 2 / 4 / "
-                f"8 / {len(c)} positions cost {c[1]:.2f} / {c[3]:.2f} / {c[7]:.2f} / {c[-1]:.2f} of one, measured now); "
-                f"keeping the best of every earlier match, as verifying them all at no extra cost would, at most "
+                f"8 / {len(c)} positions cost {c[1]:.2f} / {c[3]:.2f} / {c[7]:.2f} / {c[-1]:.2f} of one, measured "
+                f"now); keeping the best of every earlier match, as verifying them all at no extra cost would, at most "
                 f"{r['any_match_bound']:.2f}x"
             )
     for r in rows:  # the peers' rows: what their ratio is against, and what went wrong
