@@ -55,17 +55,21 @@ def kept_per_step(drafter, prompt: list[int], output: list[int], k: int) -> list
     return steps
 
 
-def kept_by_any_match(prompt: list[int], output: list[int], k: int, max_ngram: int = 5) -> list[int]:
-    """As `kept_per_step`, but each step keeps the most that the continuation of any earlier occurrence of any
-    n-gram suffix (n <= max_ngram) would have: what verifying every match at once (a tree of candidates) could
-    make, had its extra branches cost nothing. Prompt lookup proposes one of these (the latest occurrence of
-    the longest suffix), so at the same history this keeps at least as many; `edge bench --draft lookup`
-    reports its bound, the most tree verification could add on this machine."""
-    history, done, steps = list(prompt), 0, []
-    while done < len(output):
-        h, rest = np.asarray(history), output[done : done + min(k, len(output) - done - 1)]
-        best = 0
-        for n in range(1, min(max_ngram, len(history) - 1) + 1):
+class _BestMatch:
+    """A drafter that knows the reply (`output` after `prompt`): of the continuations of every earlier
+    occurrence of every n-gram suffix (n <= max_ngram), it proposes the one the reply agrees with longest."""
+
+    def __init__(self, prompt: list[int], output: list[int], max_ngram: int):
+        self.start, self.output, self.max_ngram = len(prompt), output, max_ngram
+
+    def prepare(self, tokens: list[int]) -> None:
+        pass
+
+    def propose(self, history: list[int], k: int, distribution=None) -> tuple[list[int], None]:
+        done = len(history) - self.start
+        rest = self.output[done : done + min(k, len(self.output) - done - 1)]
+        h, best, proposal = np.asarray(history), -1, []
+        for n in range(1, min(self.max_ngram, len(history) - 1) + 1):
             starts = np.arange(len(history) - n)  # occurrences with a token after them
             hits = np.ones(starts.size, bool)
             for i in range(n):
@@ -74,11 +78,18 @@ def kept_by_any_match(prompt: list[int], output: list[int], k: int, max_ngram: i
                 kept = 0
                 while kept < len(rest) and s + kept < len(history) and history[s + kept] == rest[kept]:
                     kept += 1
-                best = max(best, kept)
-        steps.append(best)
-        history += output[done : done + best + 1]
-        done += best + 1
-    return steps
+                if kept > best:
+                    best, proposal = kept, history[s : s + k]
+        return proposal, None
+
+
+def kept_by_any_match(prompt: list[int], output: list[int], k: int, max_ngram: int = 5) -> list[int]:
+    """As `kept_per_step`, but each step keeps the most that the continuation of any earlier occurrence of any
+    n-gram suffix (n <= max_ngram) would have: what verifying every match at once (a tree of candidates) could
+    make, had its extra branches cost nothing. Prompt lookup proposes one of these (the latest occurrence of
+    the longest suffix), so at the same history this keeps at least as many; `edge bench --draft lookup`
+    reports its bound, the most tree verification could add on this machine."""
+    return kept_per_step(_BestMatch(prompt, output, max_ngram), prompt, output, k)
 
 
 def bound(steps: list[int], costs: list[float]) -> float:
