@@ -169,8 +169,12 @@ class Scratch:
     0.03 ms into a buffer the sampler owns."""
 
     def __init__(self, size: int):
+        from .kernels.cpu import load_extension
+
         self.weights = np.empty(size, np.float32)
         self.mask = np.empty(size, np.bool_)
+        self.exp_mass = getattr(load_extension(), "exp_mass", None)
+        """edge's CPU kernel for `_total_mass`, where it is built (looked up once, not every token)."""
 
     def at_least(self, a: np.ndarray, floor) -> np.ndarray:
         """The mask a >= floor, in the reused buffer (valid until the next call)."""
@@ -217,12 +221,9 @@ def _total_mass(a: np.ndarray, top, scratch: Scratch) -> float:
     """`_mass` without the weights: by edge's CPU kernel where it is built (vectorised: ~20 us over SmolLM2's
     49k logits against NumPy's ~150, which took ~250 in the decode loop, its caches cold after the forward
     pass; the sums agree to ~1e-7), else by NumPy."""
-    from .kernels.cpu import load_extension
-
-    kernels = load_extension()
-    if kernels is None or a.dtype != np.float32 or not a.flags.c_contiguous:
+    if scratch.exp_mass is None or a.dtype != np.float32 or not a.flags.c_contiguous:
         return _mass(a, top, scratch)
-    return kernels.exp_mass(a, float(top))
+    return scratch.exp_mass(a, float(top))
 
 
 def keep_min_p(a: np.ndarray, ids: np.ndarray | None, top, min_p: float, scratch: Scratch) -> np.ndarray:

@@ -394,10 +394,14 @@ def test_the_vocabulary_mass_matches_numpy_and_leaves_top_p_unchanged(monkeypatc
         want = np.exp(a - top).sum(dtype=np.float64)
         assert load_extension().exp_mass(a, float(top)) == pytest.approx(want, rel=1e-6)
     rows = (rng.standard_normal((200, 4096)) * rng.uniform(1, 8, (200, 1))).astype(np.float32)
-    filters = Filters(Sampling(temperature=0.7, top_p=0.9, min_p=0.02))
-    fast = [filters.candidates(r) for r in rows]
-    monkeypatch.setattr(cpu, "_module", None)  # NumPy's sum
-    slow = [filters.candidates(r) for r in rows]
+    settings = Sampling(temperature=0.7, top_p=0.9, min_p=0.02)
+    kernel_sum = Filters(settings)
+    fast = [kernel_sum.candidates(r) for r in rows]
+    assert kernel_sum.scratch.exp_mass is not None
+    monkeypatch.setattr(cpu, "_module", None)  # NumPy's sum (a sampler looks the kernel up when it starts)
+    numpy_sum = Filters(settings)
+    slow = [numpy_sum.candidates(r) for r in rows]
+    assert numpy_sum.scratch.exp_mass is None
     for f, s in zip(fast, slow, strict=True):
         assert np.array_equal(f.ids, s.ids)
         np.testing.assert_allclose(f.probs, s.probs, rtol=1e-12)
